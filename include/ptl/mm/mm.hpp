@@ -1,0 +1,144 @@
+#pragma once
+// The address space: Linux's mm_struct, reduced to what the page tables need.
+//
+// An mm owns its pgd and every table below it, counts them per level, and
+// holds page_table_lock. Entries at every level are std::atomic of the
+// profile's entry type, laid over pool frames, so a walker can read them
+// without a lock (acquire) while a populate publishes them (release).
+
+#include <ptl/arch/profiles.hpp>
+#include <ptl/base/result.hpp>
+#include <ptl/phys/frame_pool.hpp>
+#include <ptl/sync/spinlock.hpp>
+
+#include <array>
+#include <atomic>
+#include <memory>
+
+namespace ptl::mm {
+
+using arch::level;
+using phys::pfn_t;
+
+enum class mm_kind { kernel, user };
+
+struct mm_counters {
+	std::array<uint64_t, arch::nr_levels> nr_tables{}; // tables in the tree, per level
+	uint64_t populates = 0;                           // tables published
+	uint64_t races_lost = 0;                          // tables freed because another task won
+};
+
+template <class G>
+class mm_struct {
+public:
+	using entry_t = typename G::entry_t;
+	using format = typename G::format;
+	// One entry of any level: pgd_t, p4d_t, pud_t, pmd_t and pte_t alike.
+	using slot_t = std::atomic<entry_t>;
+
+	static_assert(sizeof(slot_t) == sizeof(entry_t), "entries must be laid out as the hardware reads them");
+	static_assert(slot_t::is_always_lock_free);
+
+	// Allocates the pgd; fails with errc::no_memory when the pool cannot.
+	static result<std::unique_ptr<mm_struct>> create(phys::frame_pool &pool, mm_kind kind)
+	{
+		auto pgd = pool.alloc(phys::alloc_site::pgd);
+		if (!pgd)
+			return fail(pgd.error());
+		return std::unique_ptr<mm_struct>(new mm_struct(pool, kind, *pgd));
+	}
+
+	// Frees every table of the tree (free_pgtables over the whole space).
+	// Data pages are not the mm's: their owners free them before this.
+	~mm_struct()
+	{
+		free_tables(level::pgd, pgd_pfn_);
+	}
+
+	mm_struct(const mm_struct &) = delete;
+	mm_struct &operator=(const mm_struct &) = delete;
+
+	phys::frame_pool &pool() const { return pool_; }
+	mm_kind kind() const { return kind_; }
+	pfn_t pgd_pfn() const { return pgd_pfn_; }
+
+	// Entry flags of a table in this address space.
+	uint64_t table_prot() const
+	{
+		return kind_ == mm_kind::user ? format::user_table_prot : format::kernel_table_prot;
+	}
+
+	slot_t *table(pfn_t pfn) const { return static_cast<slot_t *>(pool_.frame_address(pfn)); }
+	slot_t *table_of(entry_t e) const { return table(format::pfn(e)); }
+
+	slot_t *pgd_offset(uint64_t addr) const
+	{
+		return &table(pgd_pfn_)[arch::table_index<G>(level::pgd, addr)];
+	}
+
+	// Counters. Tables are counted under the populate lock when published
+	// and when unlinked; reads are snapshots.
+	void account_table(level l, int delta)
+	{
+		nr_tables_[arch::level_index(l)].fetch_add(static_cast<uint64_t>(delta), std::memory_order_relaxed);
+	}
+	void note_populate() { populates_.fetch_add(1, std::memory_order_relaxed); }
+	void note_race_lost() { races_lost_.fetch_add(1, std::memory_order_relaxed); }
+
+	mm_counters counters() const
+	{
+		mm_counters c;
+		for (unsigned i = 0; i < arch::nr_levels; i++)
+			c.nr_tables[i] = nr_tables_[i].load(std::memory_order_relaxed);
+		c.populates = populates_.load(std::memory_order_relaxed);
+		c.races_lost = races_lost_.load(std::memory_order_relaxed);
+		return c;
+	}
+
+	// Bytes of page-table pages below the pgd, as Linux's
+	// mm_pgtables_bytes() reports them in /proc/PID/status VmPTE.
+	uint64_t pgtables_bytes() const
+	{
+		uint64_t bytes = 0;
+		for (level l : {level::p4d, level::pud, level::pmd, level::pte})
+			bytes += nr_tables_[arch::level_index(l)].load(std::memory_order_relaxed) * phys::frame_size;
+		return bytes;
+	}
+
+	// Serialises table population (and, in this lock mode, PTE updates of
+	// user address spaces). Never held across an allocation.
+	sync::spinlock page_table_lock;
+
+private:
+	mm_struct(phys::frame_pool &pool, mm_kind kind, pfn_t pgd) : pool_(pool), kind_(kind), pgd_pfn_(pgd)
+	{
+		pool_.page_of(pgd).owner.store(this, std::memory_order_release);
+		nr_tables_[arch::level_index(level::pgd)].store(1, std::memory_order_relaxed);
+	}
+
+	// Frees the table at pfn and every table below it. Runs with no other
+	// user of the tree left, so plain relaxed loads suffice.
+	void free_tables(level l, pfn_t pfn)
+	{
+		if (l != level::pte) {
+			slot_t *t = table(pfn);
+			for (unsigned i = 0; i < arch::ptrs_per_table<G>(l); i++) {
+				const entry_t e = t[i].load(std::memory_order_relaxed);
+				if (format::present(e) && !format::huge(e))
+					free_tables(arch::next_table_level<G>(l), format::pfn(e));
+			}
+		}
+		pool_.free(pfn);
+		account_table(l, -1);
+	}
+
+	phys::frame_pool &pool_;
+	const mm_kind kind_;
+	const pfn_t pgd_pfn_;
+
+	std::array<std::atomic<uint64_t>, arch::nr_levels> nr_tables_{};
+	std::atomic<uint64_t> populates_{0};
+	std::atomic<uint64_t> races_lost_{0};
+};
+
+} // namespace ptl::mm
