@@ -95,12 +95,13 @@ public:
 		return c;
 	}
 
-	// Bytes of page-table pages below the pgd, as Linux's
-	// mm_pgtables_bytes() reports them in /proc/PID/status VmPTE.
+	// Bytes of pud, pmd and PTE tables: what Linux (4.15 and later) adds
+	// up in mm->pgtables_bytes and shows as VmPTE in /proc/PID/status.
+	// Linux counts neither the pgd nor p4d tables.
 	uint64_t pgtables_bytes() const
 	{
 		uint64_t bytes = 0;
-		for (level l : {level::p4d, level::pud, level::pmd, level::pte})
+		for (level l : {level::pud, level::pmd, level::pte})
 			bytes += nr_tables_[arch::level_index(l)].load(std::memory_order_relaxed) * phys::frame_size;
 		return bytes;
 	}
