@@ -14,6 +14,8 @@
 #include <array>
 #include <atomic>
 #include <memory>
+#include <optional>
+#include <string_view>
 
 namespace ptl::mm {
 
@@ -22,11 +24,56 @@ using phys::pfn_t;
 
 enum class mm_kind { kernel, user };
 
+// How an address space synchronises table population and PTE updates.
+enum class lock_mode {
+	// Linux before the push-down: the caller holds page_table_lock across
+	// the whole walk, and the allocators drop and retake it around each
+	// allocation.
+	legacy,
+	// The push-down: allocate unlocked, lock, re-check, publish or free.
+	// PTE updates take the mm-wide page_table_lock.
+	pushdown,
+	// As pushdown, but PTE updates take a lock of their own PTE table
+	// page, and optionally PTE tables are populated under a lock of the
+	// pmd table page instead of page_table_lock.
+	split,
+	// No locks: tables and PTEs are published with compare-and-swap, and
+	// a loser frees its table.
+	lockless,
+};
+
 struct mm_counters {
 	std::array<uint64_t, arch::nr_levels> nr_tables{}; // tables in the tree, per level
 	uint64_t populates = 0;                           // tables published
 	uint64_t races_lost = 0;                          // tables freed because another task won
 };
+
+inline std::string_view lock_mode_name(lock_mode mode)
+{
+	switch (mode) {
+	case lock_mode::legacy:
+		return "legacy";
+	case lock_mode::pushdown:
+		return "pushdown";
+	case lock_mode::split:
+		return "split";
+	case lock_mode::lockless:
+		return "lockless";
+	}
+	return "unknown";
+}
+
+inline std::optional<lock_mode> parse_lock_mode(std::string_view name)
+{
+	for (lock_mode m : {lock_mode::legacy, lock_mode::pushdown, lock_mode::split, lock_mode::lockless}) {
+		if (lock_mode_name(m) == name)
+			return m;
+	}
+	return std::nullopt;
+}
+
+inline constexpr lock_mode all_lock_modes[] = {lock_mode::legacy, lock_mode::pushdown, lock_mode::split,
+					       lock_mode::lockless};
 
 template <class G>
 class mm_struct {
@@ -40,12 +87,14 @@ public:
 	static_assert(slot_t::is_always_lock_free);
 
 	// Allocates the pgd; fails with errc::no_memory when the pool cannot.
-	static result<std::unique_ptr<mm_struct>> create(phys::frame_pool &pool, mm_kind kind)
+	// split_pmd applies to lock_mode::split only.
+	static result<std::unique_ptr<mm_struct>> create(phys::frame_pool &pool, mm_kind kind,
+							  lock_mode mode = lock_mode::pushdown, bool split_pmd = false)
 	{
 		auto pgd = pool.alloc(phys::alloc_site::pgd);
 		if (!pgd)
 			return fail(pgd.error());
-		return std::unique_ptr<mm_struct>(new mm_struct(pool, kind, *pgd));
+		return std::unique_ptr<mm_struct>(new mm_struct(pool, kind, mode, split_pmd, *pgd));
 	}
 
 	// Frees every table of the tree (free_pgtables over the whole space).
@@ -60,6 +109,8 @@ public:
 
 	phys::frame_pool &pool() const { return pool_; }
 	mm_kind kind() const { return kind_; }
+	lock_mode mode() const { return mode_; }
+	bool split_pmd() const { return split_pmd_; }
 	pfn_t pgd_pfn() const { return pgd_pfn_; }
 
 	// Entry flags of a table in this address space.
@@ -106,12 +157,14 @@ public:
 		return bytes;
 	}
 
-	// Serialises table population (and, in this lock mode, PTE updates of
-	// user address spaces). Never held across an allocation.
+	// Serialises table population in the legacy, pushdown and split
+	// modes, and PTE updates of user address spaces in legacy and
+	// pushdown. Never held across an allocation.
 	sync::spinlock page_table_lock;
 
 private:
-	mm_struct(phys::frame_pool &pool, mm_kind kind, pfn_t pgd) : pool_(pool), kind_(kind), pgd_pfn_(pgd)
+	mm_struct(phys::frame_pool &pool, mm_kind kind, lock_mode mode, bool split_pmd, pfn_t pgd)
+		: pool_(pool), kind_(kind), mode_(mode), split_pmd_(split_pmd && mode == lock_mode::split), pgd_pfn_(pgd)
 	{
 		pool_.page_of(pgd).owner.store(this, std::memory_order_release);
 		nr_tables_[arch::level_index(level::pgd)].store(1, std::memory_order_relaxed);
@@ -135,6 +188,8 @@ private:
 
 	phys::frame_pool &pool_;
 	const mm_kind kind_;
+	const lock_mode mode_;
+	const bool split_pmd_;
 	const pfn_t pgd_pfn_;
 
 	std::array<std::atomic<uint64_t>, arch::nr_levels> nr_tables_{};

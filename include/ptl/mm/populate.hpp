@@ -4,13 +4,21 @@
 //   1. Fast path: test the entry with no lock (pXd_alloc inline part).
 //   2. Slow path (__pXd_alloc): allocate a zeroed table with no lock held,
 //      because allocation may fail (or, in a kernel, sleep).
-//   3. Take page_table_lock and re-check the entry: a racing task may have
-//      populated it meanwhile. If so, the new table is surplus; otherwise
-//      publish it with a release store.
+//   3. Take the populate lock and re-check the entry: a racing task may
+//      have populated it meanwhile. If so, the new table is surplus;
+//      otherwise publish it with a release store.
 //   4. Drop the lock, then free a surplus table. On allocation failure
 //      return errc::no_memory with no lock held and nothing allocated.
 //
-// Callers never hold page_table_lock when they call these functions.
+// The other lock modes differ only in step 3 and in who holds the lock:
+//   legacy    the caller holds page_table_lock across its whole walk (see
+//             walk_guard); populate drops it around the allocation and
+//             returns with it held again, on failure too.
+//   split     PTE tables may be populated under the pmd table's own lock.
+//   lockless  step 3 is a compare-and-swap; no lock at all.
+//
+// Outside legacy mode callers never hold page_table_lock when they call
+// these functions.
 
 #include <ptl/base/hooks.hpp>
 #include <ptl/mm/mm.hpp>
@@ -24,19 +32,34 @@ constexpr phys::alloc_site site_for(level l)
 	return static_cast<phys::alloc_site>(arch::level_index(l));
 }
 
-// Installs the new table in *parent unless a racing task did so first.
-// Returns whether the table was published.
 template <class G>
-bool publish_table(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, level l, pfn_t new_table)
-	PTL_EXCLUDES(mm.page_table_lock)
+typename G::entry_t table_entry(const mm_struct<G> &mm, pfn_t table)
 {
-	using format = typename G::format;
-	sync::spin_guard guard(mm.page_table_lock);
+	return static_cast<typename G::entry_t>(G::format::make(table, mm.table_prot()));
+}
 
+// The lock that serialises populating *parent with a table of level l.
+template <class G>
+sync::spinlock &populate_lock(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, level l)
+{
+	if (l == level::pte && mm.split_pmd()) {
+		// pmd_lock(): the lock of the pmd table page that holds *parent.
+		phys::frame_pool &pool = mm.pool();
+		return pool.page_of(pool.pfn_of(parent)).ptl;
+	}
+	return mm.page_table_lock;
+}
+
+// Re-checks *parent and publishes the new table unless a racing task did so
+// first. The caller holds the populate lock. Returns whether the table was
+// published.
+template <class G>
+bool publish_locked(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, level l, pfn_t new_table)
+{
 #if !defined(PTL_MUTANT_NO_RECHECK)
 	// Another task may have populated the entry between our lockless
 	// check and taking the lock; publishing now would orphan its table.
-	if (!format::none(parent->load(std::memory_order_relaxed)))
+	if (!G::format::none(parent->load(std::memory_order_relaxed)))
 		return false;
 #endif
 
@@ -44,11 +67,70 @@ bool publish_table(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, leve
 	mm.note_populate();
 
 	// Release pairs with the acquire load of every walker (pXd_offset,
-	// translate, the fast path above): it sees the zeroed table, and the
-	// owner recorded in its page, before it sees the entry.
-	parent->store(static_cast<typename G::entry_t>(format::make(new_table, mm.table_prot())),
-		      std::memory_order_release);
+	// translate, the fast path of alloc_level): it sees the zeroed table,
+	// and the owner recorded in its page, before it sees the entry.
+	parent->store(table_entry(mm, new_table), std::memory_order_release);
 	return true;
+}
+
+// Lockless publication: the compare-and-swap is the re-check.
+template <class G>
+bool publish_cas(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, level l, pfn_t new_table)
+{
+	typename G::entry_t expected = 0;
+
+	// Release on success pairs with the walkers' acquire loads, as in
+	// publish_locked; on failure we only learn that someone else won.
+	if (!parent->compare_exchange_strong(expected, table_entry(mm, new_table), std::memory_order_release,
+					     std::memory_order_relaxed))
+		return false;
+
+	mm.account_table(l, +1);
+	mm.note_populate();
+	return true;
+}
+
+template <class G>
+bool publish_table(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, level l, pfn_t new_table)
+	PTL_NO_THREAD_SAFETY_ANALYSIS
+{
+	switch (mm.mode()) {
+	case lock_mode::lockless:
+		return publish_cas(mm, parent, l, new_table);
+	case lock_mode::legacy:
+		// The caller's walk already holds page_table_lock again.
+		return publish_locked(mm, parent, l, new_table);
+	case lock_mode::pushdown:
+	case lock_mode::split:
+		break;
+	}
+
+	sync::spin_guard guard(populate_lock(mm, parent, l));
+	PTL_HOOK(hooks::point::populate_locked, arch::level_index(l), 0, &mm);
+	return publish_locked(mm, parent, l, new_table);
+}
+
+// Allocates a table for level l and records its owner. In legacy mode the
+// caller's page_table_lock is dropped around the allocation, as Linux's
+// allocators did before the push-down, and held again on return, on
+// failure too.
+template <class G>
+result<pfn_t> alloc_table(mm_struct<G> &mm, level l, uint64_t addr) PTL_NO_THREAD_SAFETY_ANALYSIS
+{
+	const bool legacy = mm.mode() == lock_mode::legacy;
+
+	if (legacy)
+		mm.page_table_lock.unlock();
+
+	auto table = mm.pool().alloc(site_for(l));
+	if (table) {
+		mm.pool().page_of(*table).owner.store(&mm, std::memory_order_relaxed);
+		PTL_HOOK(hooks::point::populate_after_alloc, arch::level_index(l), addr, &mm);
+	}
+
+	if (legacy)
+		mm.page_table_lock.lock();
+	return table;
 }
 
 } // namespace detail
@@ -58,20 +140,16 @@ bool publish_table(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, leve
 // __pte_alloc.
 template <class G>
 result<void> populate(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, level l, uint64_t addr)
-	PTL_EXCLUDES(mm.page_table_lock)
 {
-	auto new_table = mm.pool().alloc(detail::site_for(l));
+	auto new_table = detail::alloc_table(mm, l, addr);
 	if (!new_table)
 		return fail(new_table.error());
-
-	mm.pool().page_of(*new_table).owner.store(&mm, std::memory_order_relaxed);
-	PTL_HOOK(hooks::point::populate_after_alloc, arch::level_index(l), addr, &mm);
 
 	if (detail::publish_table(mm, parent, l, *new_table))
 		return {};
 
-	// Freed only after the lock is dropped: the pool needs no lock, and
-	// nobody else ever saw this table.
+	// Outside legacy mode this runs after the lock is dropped. Nobody
+	// else ever saw this table, so it needs no grace period.
 	mm.pool().free(*new_table);
 	mm.note_race_lost();
 	return {};
@@ -97,7 +175,7 @@ typename mm_struct<G>::slot_t *entry_offset(const mm_struct<G> &mm, typename mm_
 // when the parent entry is empty.
 template <class G>
 result<typename mm_struct<G>::slot_t *> alloc_level(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, level l,
-						  uint64_t addr) PTL_EXCLUDES(mm.page_table_lock)
+						  uint64_t addr)
 {
 	using format = typename G::format;
 
@@ -158,9 +236,9 @@ result<typename mm_struct<G>::slot_t *> pmd_alloc_walk(mm_struct<G> &mm, uint64_
 	return pmd_alloc(mm, *pud, addr);
 }
 
-// The kernel address space that owns the table holding this entry. The pool
-// records each table's owner when it is allocated, so a kernel pmd entry is
-// enough to find init_mm, as Linux's global does.
+// The address space that owns the table holding this entry. The pool records
+// each table's owner when it is allocated, so a kernel pmd entry is enough to
+// find init_mm, as Linux's global does.
 template <class G>
 mm_struct<G> &owner_of_entry(const typename mm_struct<G>::slot_t *entry)
 {
@@ -185,5 +263,29 @@ result<typename mm_struct<G>::slot_t *> pte_alloc_kernel(typename mm_struct<G>::
 		return fail(r.error());
 	return entry_offset(init_mm, pmd, level::pte, addr);
 }
+
+// Holds page_table_lock across a walk in legacy mode and does nothing in
+// the other modes. Every walk that may populate or change entries starts
+// with one.
+template <class G>
+class walk_guard {
+public:
+	explicit walk_guard(mm_struct<G> &mm) PTL_NO_THREAD_SAFETY_ANALYSIS
+		: lock_(mm.mode() == lock_mode::legacy ? &mm.page_table_lock : nullptr)
+	{
+		if (lock_)
+			lock_->lock();
+	}
+	~walk_guard() PTL_NO_THREAD_SAFETY_ANALYSIS
+	{
+		if (lock_)
+			lock_->unlock();
+	}
+	walk_guard(const walk_guard &) = delete;
+	walk_guard &operator=(const walk_guard &) = delete;
+
+private:
+	sync::spinlock *lock_;
+};
 
 } // namespace ptl::mm
