@@ -118,9 +118,12 @@ template <class G>
 result<pfn_t> alloc_table(mm_struct<G> &mm, level l, uint64_t addr) PTL_NO_THREAD_SAFETY_ANALYSIS
 {
 	const bool legacy = mm.mode() == lock_mode::legacy;
+	(void)addr;
 
-	if (legacy)
+	if (legacy) {
+		assert(mm.page_table_lock.held_by_current_thread() && "legacy walk without walk_guard");
 		mm.page_table_lock.unlock();
+	}
 
 	auto table = mm.pool().alloc(site_for(l));
 	if (table) {

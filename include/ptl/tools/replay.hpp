@@ -1,0 +1,67 @@
+#pragma once
+// `ptl replay`: rebuild a real process's address space in a ptl user address
+// space and check it against what the kernel reported.
+//
+// The process's VMAs come from /proc/PID/maps and its present pages, with
+// their frame numbers, from /proc/PID/pagemap. Each VMA becomes a PFN-mapped
+// VMA, and N threads insert disjoint parts of the present pages
+// concurrently, racing to populate the directory tables they share. Every
+// present page must then translate to the frame the kernel reported.
+
+#include <ptl/arch/geometry.hpp>
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+
+namespace ptl::tools {
+
+struct replay_options {
+	int pid = 0;                               // 0: start a demo child and replay it
+	unsigned threads = 1;                      // threads inserting pages; at least 1
+	uint64_t demo_bytes = 256ull << 20;        // size of the demo child's mapping
+	bool stop_target = false;                  // SIGSTOP the process while reading it
+	std::function<void(const std::string &)> progress; // progress lines, if set
+};
+
+struct replay_report {
+	int pid = 0;
+	std::string command;         // the process's Name: from status
+	std::string arch;            // geometry the tables were built for
+	bool demo_child = false;     // the process was started by ptl
+	bool pfns_visible = false;   // false: the kernel hid PFNs, presence only
+	unsigned threads = 0;
+
+	uint64_t vmas = 0;           // VMAs replayed
+	uint64_t vmas_skipped = 0;   // VMAs outside the user half, such as [vsyscall]
+	uint64_t pages_present = 0;  // present pages the kernel reported
+	uint64_t pages_swapped = 0;  // swapped-out pages, not mapped by the replay
+	uint64_t pages_mapped = 0;   // present leaves found in the rebuilt tree
+	uint64_t mismatches = 0;     // present pages that did not translate to the reported PFN
+	uint64_t huge_candidates = 0; // 2 MiB-aligned runs of 512 contiguous frames
+
+	std::array<uint64_t, arch::nr_levels> tables{}; // page-table pages per level
+	uint64_t pgtables_bytes = 0;                    // as VmPTE counts them
+	std::optional<uint64_t> kernel_vm_pte_bytes;    // VmPTE of the process
+	std::optional<uint64_t> kernel_vm_rss_bytes;
+
+	double read_seconds = 0;     // reading maps, pagemap and status
+	double rebuild_seconds = 0;  // inserting every page, all threads
+	double verify_seconds = 0;
+	double pages_per_second = 0; // pages_present / rebuild_seconds
+
+	uint64_t populates = 0;  // tables published
+	uint64_t races_lost = 0; // tables freed because another thread won
+};
+
+// Runs the replay. Throws input_error for bad input (no such process, an
+// unreadable or malformed /proc file) and std::invalid_argument for bad
+// options.
+replay_report run_replay(const replay_options &options);
+
+std::string format_report_text(const replay_report &report);
+std::string format_report_json(const replay_report &report);
+
+} // namespace ptl::tools

@@ -1,0 +1,406 @@
+#pragma once
+// A user address space: the page tables (an mm_struct of kind user), the
+// VMAs that define what may be mapped where, and the operations a process
+// performs on them: mmap, munmap, page faults and vmf_insert_pfn.
+//
+// Locking:
+//   mmap_lock   std::shared_mutex, taken first. Faults and insert_pfn take
+//               it shared, so they run in parallel. mmap, munmap and the
+//               destructor take it exclusively, so the VMAs never change
+//               under a fault.
+//   PTE lock    from pte_alloc_map_lock / pte_offset_map_lock, taken under
+//               the mmap_lock. Every PTE of this space is installed and
+//               cleared under it. In the push-down lock mode it is the mm's
+//               page_table_lock, which table population also takes, but
+//               only briefly and never while the PTE lock is held.
+
+#include <ptl/mm/mm.hpp>
+#include <ptl/user/fault.hpp>
+#include <ptl/user/vma.hpp>
+#include <ptl/user/vma_set.hpp>
+#include <ptl/user/zap.hpp>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <vector>
+
+namespace ptl::user {
+
+// mmap protection bits, as PROT_READ, PROT_WRITE and PROT_EXEC.
+enum mmap_prot : unsigned {
+	prot_none = 0,
+	prot_read = 1u << 0,
+	prot_write = 1u << 1,
+	prot_exec = 1u << 2,
+};
+
+// mmap flags. The first five have Linux's MAP_* values.
+enum mmap_flags : unsigned {
+	map_shared = 0x01,
+	map_private = 0x02,
+	// Map exactly at addr, replacing whatever the range held (the old
+	// pages are zapped first), as MAP_FIXED does.
+	map_fixed = 0x10,
+	map_anonymous = 0x20,
+	// Map exactly at addr, but fail with errc::exists when the range
+	// overlaps a VMA, as MAP_FIXED_NOREPLACE does.
+	map_fixed_noreplace = 0x100000,
+	// ptl's own flag. The area maps frames that the pool does not own,
+	// given by mmap's pfn_base or inserted later with insert_pfn, as a
+	// device driver's mmap handler would set up.
+	map_pfnmap = 0x40000000,
+};
+
+// Lowest address mmap hands out or accepts with map_fixed, as Linux's
+// default vm.mmap_min_addr (64 KiB).
+inline constexpr uint64_t mmap_min_addr = 0x10000;
+
+// Snapshot of a user address space's statistics.
+struct user_counters {
+	uint64_t faults = 0;                // faults that passed the VMA checks
+	uint64_t faults_already_mapped = 0; // of those, faults that found the PTE installed
+	uint64_t pages_mapped = 0;          // PTEs installed now, anonymous and PFN-mapped
+	uint64_t anon_pages = 0;            // anonymous pages mapped now, one data frame each
+};
+
+template <class G>
+class user_space {
+public:
+	using format = typename G::format;
+
+	// Creates an empty address space. Fails with no_memory when the pool
+	// cannot supply the pgd.
+	static result<std::unique_ptr<user_space>> create(phys::frame_pool &pool)
+	{
+		auto mm = mm::mm_struct<G>::create(pool, mm::mm_kind::user);
+		if (!mm)
+			return fail(mm.error());
+		return std::unique_ptr<user_space>(new user_space(std::move(*mm)));
+	}
+
+	// Zaps every VMA, freeing its anonymous frames, and then the mm frees
+	// the tables. The pool ends where it was before create().
+	~user_space()
+	{
+		std::unique_lock lock(mmap_lock_);
+		unmap_range(0, G::task_size);
+	}
+
+	user_space(const user_space &) = delete;
+	user_space &operator=(const user_space &) = delete;
+
+	mm::mm_struct<G> &mm() { return *mm_; }
+	const mm::mm_struct<G> &mm() const { return *mm_; }
+
+	// Creates a VMA of len bytes (rounded up to whole pages) and returns its
+	// start. prot is a set of mmap_prot bits. flags needs exactly one of
+	// map_shared and map_private, exactly one of map_anonymous and
+	// map_pfnmap, and at most one of map_fixed and map_fixed_noreplace.
+	// Without either, a nonzero addr is a hint that is used when the range
+	// there is free, and otherwise the highest free range below task_size
+	// is taken. pfn_base makes a map_pfnmap area linear: page i maps frame
+	// pfn_base + i.
+	//
+	// Fails with invalid_argument for a zero or too large len, an
+	// unaligned addr (hints included), unknown or conflicting prot or
+	// flags, or a fixed range outside [mmap_min_addr, task_size). A
+	// pfn_base without map_pfnmap, or one whose last frame exceeds the
+	// entry format's maximum, is invalid too. Fails with exists when a
+	// map_fixed_noreplace range overlaps a VMA, and with no_space when no
+	// free range is large enough.
+	result<uint64_t> mmap(uint64_t addr, uint64_t len, unsigned prot, unsigned flags,
+			      std::optional<pfn_t> pfn_base = std::nullopt)
+	{
+		auto valid = validate_mmap(addr, len, prot, flags, pfn_base);
+		if (!valid)
+			return fail(valid.error());
+		len = page_align(len);
+
+		std::unique_lock lock(mmap_lock_);
+
+		auto start = place_mapping(addr, len, flags);
+		if (!start)
+			return fail(start.error());
+
+		if (flags & map_fixed)
+			unmap_range(*start, *start + len);
+
+		vmas_.insert(make_vma(*start, len, prot, flags, pfn_base));
+		return *start;
+	}
+
+	// Removes the VMAs in [addr, addr + len), splitting those that cross
+	// either end, and zaps their pages. len is rounded up to whole pages,
+	// and a range with no VMA in it is not an error. Fails with
+	// invalid_argument for an unaligned addr, a zero len, or a range that
+	// ends above task_size.
+	result<void> munmap(uint64_t addr, uint64_t len)
+	{
+		if (len == 0 || len > G::task_size || !page_aligned(addr))
+			return fail(errc::invalid_argument);
+		len = page_align(len);
+		if (addr > G::task_size - len)
+			return fail(errc::invalid_argument);
+
+		std::unique_lock lock(mmap_lock_);
+		unmap_range(addr, addr + len);
+		return {};
+	}
+
+	// Handles a fault at addr (any byte of the page): maps a zeroed data
+	// frame in an anonymous VMA, or the frame a linear PFN-mapped VMA has
+	// there. A page that is already mapped gets its accessed bit, and its
+	// dirty bit on a write, and is otherwise left alone.
+	//
+	// Fails with not_found when no VMA contains addr, or when a PFN-mapped
+	// VMA without pfn_base has nothing mapped there. Fails with
+	// access_fault when the VMA's flags forbid the access, and with
+	// no_memory when the pool cannot supply a table or the data frame.
+	// No lock is held after an error.
+	result<void> handle_mm_fault(uint64_t addr, access_type a)
+	{
+		std::shared_lock lock(mmap_lock_);
+
+		const vm_area *vma = vmas_.lookup(addr);
+		if (!vma)
+			return fail(errc::not_found);
+		if (!access_permitted(*vma, a))
+			return fail(errc::access_fault);
+
+		faults_.fetch_add(1, std::memory_order_relaxed);
+		auto outcome = handle_pte_fault(*mm_, *vma, addr & ~(arch::page_size - 1), a);
+		if (!outcome)
+			return fail(outcome.error());
+
+		account(*outcome);
+		return {};
+	}
+
+	// Maps pfn at the page-aligned addr of a PFN-mapped VMA with the VMA's
+	// protection (vmf_insert_pfn). Safe to call from many threads at once.
+	// Inserting the frame that is already mapped there succeeds.
+	//
+	// Fails with invalid_argument for an unaligned addr, a pfn above the
+	// entry format's maximum, or an anonymous VMA. Fails with not_found
+	// when no VMA contains addr, with exists when a different frame is
+	// mapped at addr, and with no_memory when the pool cannot supply a
+	// table.
+	result<void> insert_pfn(uint64_t addr, pfn_t pfn)
+	{
+		if (!page_aligned(addr) || pfn > format::max_pfn)
+			return fail(errc::invalid_argument);
+
+		std::shared_lock lock(mmap_lock_);
+
+		const vm_area *vma = vmas_.lookup(addr);
+		if (!vma)
+			return fail(errc::not_found);
+		if (!vma->is_pfnmap())
+			return fail(errc::invalid_argument);
+
+		auto outcome = user::insert_pfn(*mm_, *vma, addr, pfn);
+		if (!outcome)
+			return fail(outcome.error());
+
+		if (*outcome == fault_outcome::mapped_pfn)
+			account(*outcome);
+		return {};
+	}
+
+	// A copy of the VMA that contains addr (vma_lookup), or nothing.
+	std::optional<vm_area> vma_lookup(uint64_t addr) const
+	{
+		std::shared_lock lock(mmap_lock_);
+		return copy_of(vmas_.lookup(addr));
+	}
+
+	// A copy of the first VMA that ends above addr (find_vma), or nothing.
+	std::optional<vm_area> find_vma(uint64_t addr) const
+	{
+		std::shared_lock lock(mmap_lock_);
+		return copy_of(vmas_.find(addr));
+	}
+
+	// A copy of every VMA in address order.
+	std::vector<vm_area> vmas() const
+	{
+		std::shared_lock lock(mmap_lock_);
+		std::vector<vm_area> copy;
+
+		copy.reserve(vmas_.size());
+		for (const auto &entry : vmas_)
+			copy.push_back(entry.second);
+		return copy;
+	}
+
+	user_counters counters() const
+	{
+		user_counters c;
+		c.faults = faults_.load(std::memory_order_relaxed);
+		c.faults_already_mapped = faults_already_mapped_.load(std::memory_order_relaxed);
+		c.pages_mapped = pages_mapped_.load(std::memory_order_relaxed);
+		c.anon_pages = anon_pages_.load(std::memory_order_relaxed);
+		return c;
+	}
+
+private:
+	explicit user_space(std::unique_ptr<mm::mm_struct<G>> mm) : mm_(std::move(mm)) {}
+
+	static constexpr unsigned known_prot = prot_read | prot_write | prot_exec;
+	static constexpr unsigned known_flags =
+		map_shared | map_private | map_fixed | map_anonymous | map_fixed_noreplace | map_pfnmap;
+
+	static bool page_aligned(uint64_t addr) { return (addr & (arch::page_size - 1)) == 0; }
+
+	// Rounds up to whole pages. The caller has checked len <= task_size,
+	// so the sum cannot wrap.
+	static uint64_t page_align(uint64_t len) { return (len + arch::page_size - 1) & ~(arch::page_size - 1); }
+
+	static bool exactly_one(unsigned flags, unsigned a, unsigned b) { return ((flags & a) != 0) != ((flags & b) != 0); }
+
+	static result<void> validate_mmap_flags(unsigned prot, unsigned flags)
+	{
+		if ((prot & ~known_prot) || (flags & ~known_flags))
+			return fail(errc::invalid_argument);
+		if (!exactly_one(flags, map_shared, map_private))
+			return fail(errc::invalid_argument);
+		if (!exactly_one(flags, map_anonymous, map_pfnmap))
+			return fail(errc::invalid_argument);
+		if ((flags & map_fixed) && (flags & map_fixed_noreplace))
+			return fail(errc::invalid_argument);
+		return {};
+	}
+
+	// A linear area's frames must all fit the entry format, and only a
+	// PFN-mapped area has frames of its own.
+	static result<void> validate_pfn_base(uint64_t len, unsigned flags, std::optional<pfn_t> pfn_base)
+	{
+		if (!pfn_base)
+			return {};
+		if (!(flags & map_pfnmap))
+			return fail(errc::invalid_argument);
+
+		const uint64_t last_page = (len - 1) >> arch::page_shift;
+		if (*pfn_base > format::max_pfn || last_page > format::max_pfn - *pfn_base)
+			return fail(errc::invalid_argument);
+		return {};
+	}
+
+	static result<void> validate_mmap(uint64_t addr, uint64_t len, unsigned prot, unsigned flags,
+					  std::optional<pfn_t> pfn_base)
+	{
+		if (len == 0 || len > G::task_size || !page_aligned(addr))
+			return fail(errc::invalid_argument);
+
+		auto valid_flags = validate_mmap_flags(prot, flags);
+		if (!valid_flags)
+			return valid_flags;
+
+		if (flags & (map_fixed | map_fixed_noreplace)) {
+			if (addr < mmap_min_addr || addr > G::task_size - page_align(len))
+				return fail(errc::invalid_argument);
+		}
+		return validate_pfn_base(len, flags, pfn_base);
+	}
+
+	bool range_is_free(uint64_t addr, uint64_t len) const
+	{
+		return addr >= mmap_min_addr && addr <= G::task_size - len && !vmas_.overlaps(addr, addr + len);
+	}
+
+	// Chooses the start of a new VMA (get_unmapped_area). Called with the
+	// mmap_lock held exclusively.
+	result<uint64_t> place_mapping(uint64_t addr, uint64_t len, unsigned flags) const
+	{
+		if (flags & map_fixed)
+			return addr;
+		if (flags & map_fixed_noreplace) {
+			if (vmas_.overlaps(addr, addr + len))
+				return fail(errc::exists);
+			return addr;
+		}
+
+		if (addr != 0 && range_is_free(addr, len))
+			return addr;
+
+		auto start = vmas_.find_free_range(len, mmap_min_addr, G::task_size);
+		if (!start)
+			return fail(errc::no_space);
+		return *start;
+	}
+
+	static vm_area make_vma(uint64_t start, uint64_t len, unsigned prot, unsigned flags, std::optional<pfn_t> pfn_base)
+	{
+		vm_area vma;
+		vma.start = start;
+		vma.end = start + len;
+
+		if (prot & prot_read)
+			vma.flags |= vm_read;
+		if (prot & prot_write)
+			vma.flags |= vm_write;
+		if (prot & prot_exec)
+			vma.flags |= vm_exec;
+		if (flags & map_shared)
+			vma.flags |= vm_shared;
+		if (flags & map_pfnmap)
+			vma.flags |= vm_pfnmap;
+
+		vma.pfn_base = pfn_base;
+		return vma;
+	}
+
+	// Removes the VMAs of [start, end) and zaps their pages. Called with
+	// the mmap_lock held exclusively.
+	void unmap_range(uint64_t start, uint64_t end)
+	{
+		vmas_.split_at(start);
+		vmas_.split_at(end);
+
+		for (const vm_area &vma : vmas_.remove_range(start, end))
+			account_zap(zap_page_range(*mm_, vma, vma.start, vma.end));
+	}
+
+	void account(fault_outcome outcome)
+	{
+		switch (outcome) {
+		case fault_outcome::mapped_anon:
+			anon_pages_.fetch_add(1, std::memory_order_relaxed);
+			pages_mapped_.fetch_add(1, std::memory_order_relaxed);
+			break;
+		case fault_outcome::mapped_pfn:
+			pages_mapped_.fetch_add(1, std::memory_order_relaxed);
+			break;
+		case fault_outcome::already_mapped:
+			faults_already_mapped_.fetch_add(1, std::memory_order_relaxed);
+			break;
+		}
+	}
+
+	void account_zap(const zap_counts &counts)
+	{
+		pages_mapped_.fetch_sub(counts.pages, std::memory_order_relaxed);
+		anon_pages_.fetch_sub(counts.anon_pages, std::memory_order_relaxed);
+	}
+
+	static std::optional<vm_area> copy_of(const vm_area *vma)
+	{
+		if (!vma)
+			return std::nullopt;
+		return *vma;
+	}
+
+	std::unique_ptr<mm::mm_struct<G>> mm_;
+	mutable std::shared_mutex mmap_lock_;
+	vma_set vmas_;
+
+	std::atomic<uint64_t> faults_{0};
+	std::atomic<uint64_t> faults_already_mapped_{0};
+	std::atomic<uint64_t> pages_mapped_{0};
+	std::atomic<uint64_t> anon_pages_{0};
+};
+
+} // namespace ptl::user

@@ -1,0 +1,128 @@
+#pragma once
+// Zapping: clearing the PTEs of part of a VMA (Linux's zap_page_range).
+//
+// Each PTE is cleared under the PTE lock. The data frames of an anonymous
+// VMA go back to the pool once that lock is dropped. The frames of a
+// PFN-mapped VMA are not the pool's, so they are left alone. Callers hold
+// the mmap_lock exclusively, so no fault can refill the range meanwhile.
+
+#include <ptl/mm/pte_lock.hpp>
+#include <ptl/user/vma.hpp>
+
+#include <vector>
+
+namespace ptl::user {
+
+using arch::level;
+
+// Counts of the pages a zap removed.
+struct zap_counts {
+	uint64_t pages = 0;      // PTEs cleared
+	uint64_t anon_pages = 0; // of those, anonymous pages whose frames were freed
+};
+
+namespace detail {
+
+// The pmd entry that maps addr, or the level of the first empty entry on
+// the way down. A zap skips the span of that empty entry.
+template <class G>
+struct pmd_lookup {
+	typename mm::mm_struct<G>::slot_t *pmd;
+	level empty_level;
+};
+
+// Walks down to the pmd entry without populating anything (pmd_offset after
+// checking each level above). The pmd entry it returns is not empty.
+template <class G>
+pmd_lookup<G> find_pmd(const mm::mm_struct<G> &mm, uint64_t addr)
+{
+	using format = typename G::format;
+	auto *entry = mm.pgd_offset(addr);
+	level entry_level = level::pgd;
+
+	for (level l : {level::p4d, level::pud, level::pmd}) {
+		if (arch::is_folded<G>(l))
+			continue;
+		if (format::none(entry->load(std::memory_order_acquire)))
+			return {nullptr, entry_level};
+		entry = mm::entry_offset(mm, entry, l, addr);
+		entry_level = l;
+	}
+
+	const auto pmd = entry->load(std::memory_order_acquire);
+	if (format::none(pmd))
+		return {nullptr, level::pmd};
+	assert(!format::huge(pmd) && "user address spaces have no huge leaves");
+	return {entry, level::pmd};
+}
+
+// Clears the PTEs of [addr, end), which lies inside one PTE table, and
+// collects the frames to free in gather.
+template <class G>
+void zap_pte_range(mm::mm_struct<G> &mm, const vm_area &vma, typename mm::mm_struct<G>::slot_t *pmd, uint64_t addr,
+		   uint64_t end, zap_counts &counts, std::vector<pfn_t> &gather)
+{
+	using format = typename G::format;
+	const auto map = mm::pte_offset_map_lock(mm, pmd, addr);
+	auto *pte = map.pte;
+
+	for (; addr != end; addr += arch::page_size, pte++) {
+		const auto entry = pte->load(std::memory_order_relaxed);
+		if (format::none(entry))
+			continue;
+
+		// Release pairs with the acquire loads of lockless walkers
+		// (translate, walk_range): they see the entry or nothing.
+		pte->store(0, std::memory_order_release);
+		counts.pages++;
+
+		if (vma.is_anonymous()) {
+			gather.push_back(format::pfn(entry));
+			counts.anon_pages++;
+		}
+	}
+
+	mm::pte_unmap_unlock(map);
+}
+
+inline void free_gathered(phys::frame_pool &pool, std::vector<pfn_t> &gather)
+{
+	for (pfn_t pfn : gather)
+		pool.free(pfn);
+	gather.clear();
+}
+
+} // namespace detail
+
+// Clears every PTE of [start, end), a page-aligned part of vma, and frees the
+// anonymous frames it mapped. Takes and drops the PTE lock once per PTE
+// table, so the caller must hold no page-table lock.
+template <class G>
+zap_counts zap_page_range(mm::mm_struct<G> &mm, const vm_area &vma, uint64_t start, uint64_t end)
+{
+	zap_counts counts;
+	std::vector<pfn_t> gather;
+	uint64_t addr = start;
+
+	while (addr != end) {
+		const auto found = detail::find_pmd(mm, addr);
+		if (!found.pmd) {
+			addr = arch::entry_end<G>(found.empty_level, addr, end);
+			continue;
+		}
+
+		const uint64_t next = arch::entry_end<G>(level::pmd, addr, end);
+		detail::zap_pte_range(mm, vma, found.pmd, addr, next, counts, gather);
+
+		// The frames are freed after the PTE lock is dropped, as Linux
+		// frees pages from its mmu_gather batch outside the lock.
+		detail::free_gathered(mm.pool(), gather);
+		addr = next;
+	}
+
+	// TODO: PTE tables (and the tables above them) that the zap leaves
+	// empty are not freed. They stay until the address space is destroyed.
+	return counts;
+}
+
+} // namespace ptl::user

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds and runs the whole test suite: the debug build with test hooks
+# (which also runs the deliberately broken variants), then the same tests
+# under AddressSanitizer with UndefinedBehaviorSanitizer, and under
+# ThreadSanitizer. Prints each part's duration.
+#
+# Usage: scripts/test.sh [PRESET...]   (default: debug asan tsan)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+presets=("$@")
+[ ${#presets[@]} -gt 0 ] || presets=(debug asan tsan)
+jobs=$(nproc)
+
+part() {
+	local name=$1
+	shift
+	local start=$SECONDS
+	echo "==> $name"
+	"$@"
+	echo "==> $name took $((SECONDS - start)) s"
+}
+
+for preset in "${presets[@]}"; do
+	part "configure $preset" cmake --preset "$preset" >/dev/null
+	part "build $preset" cmake --build --preset "$preset" -j "$jobs"
+	part "test $preset" ctest --preset "$preset" -j "$jobs"
+done
