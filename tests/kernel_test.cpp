@@ -3,6 +3,7 @@
 // checked with translate and the audit, failures with fault injection.
 
 #include "geometries.hpp"
+#include "lock_mode_env.hpp"
 
 #include <ptl/check/audit.hpp>
 #include <ptl/kernel/kernel_space.hpp>
@@ -129,7 +130,7 @@ protected:
 	using format = typename G::format;
 
 	phys::frame_pool pool{4096};
-	std::unique_ptr<kernel_space<G>> ks = *kernel_space<G>::create(pool);
+	std::unique_ptr<kernel_space<G>> ks = *kernel_space<G>::create(pool, test::lock_mode_under_test());
 };
 
 TYPED_TEST_SUITE(KernelSpace, all_geometries, geometry_names);

@@ -2,6 +2,7 @@
 // every geometry.
 
 #include "geometries.hpp"
+#include "lock_mode_env.hpp"
 
 #include <ptl/check/audit.hpp>
 #include <ptl/mm/populate.hpp>
@@ -22,16 +23,17 @@ protected:
 	using format = typename G::format;
 
 	phys::frame_pool pool{4096};
-	std::unique_ptr<mm_struct<G>> mm = *mm_struct<G>::create(pool, mm_kind::user);
+	std::unique_ptr<mm_struct<G>> mm = *mm_struct<G>::create(pool, mm_kind::user, test::lock_mode_under_test());
 
 	// Installs one PTE the way a fault does: populate, lock, set, unlock.
 	void map_page(uint64_t addr, pfn_t pfn, uint64_t prot = arch::prot_present | arch::prot_write | arch::prot_user)
 	{
+		walk_guard<G> walk(*mm);
 		auto pmd = pmd_alloc_walk(*mm, addr);
 		ASSERT_TRUE(pmd);
 		auto map = pte_alloc_map_lock(*mm, *pmd, addr);
 		ASSERT_TRUE(map);
-		map->pte->store(format::make(pfn, prot), std::memory_order_release);
+		EXPECT_TRUE(pte_install(*mm, *map, 0, format::make(pfn, prot)));
 		pte_unmap_unlock(*map);
 	}
 };
@@ -157,20 +159,29 @@ TYPED_TEST(MmTest, PopulateFailureLeavesEntryEmpty)
 {
 	using G = TypeParam;
 	const uint64_t addr = sample_user_addr<G>();
-	auto pmd = pmd_alloc_walk(*this->mm, addr);
-	ASSERT_TRUE(pmd);
+	typename mm_struct<G>::slot_t *pmd = nullptr;
+	{
+		walk_guard<G> walk(*this->mm);
+		auto r = pmd_alloc_walk(*this->mm, addr);
+		ASSERT_TRUE(r);
+		pmd = *r;
+	}
 	const auto before = this->pool.in_use();
 
 	this->pool.fail_site(phys::alloc_site::pte);
-	auto map = pte_alloc_map_lock(*this->mm, *pmd, addr);
-	ASSERT_FALSE(map);
-	EXPECT_EQ(map.error(), errc::no_memory);
+	{
+		walk_guard<G> walk(*this->mm);
+		auto map = pte_alloc_map_lock(*this->mm, pmd, addr);
+		ASSERT_FALSE(map);
+		EXPECT_EQ(map.error(), errc::no_memory);
+	}
 	EXPECT_FALSE(this->mm->page_table_lock.is_locked());
 	EXPECT_EQ(this->pool.in_use(), before);
-	EXPECT_EQ((*pmd)->load(), 0u);
+	EXPECT_EQ(pmd->load(), 0u);
 
 	this->pool.clear_faults();
-	auto retry = pte_alloc_map_lock(*this->mm, *pmd, addr);
+	walk_guard<G> walk(*this->mm);
+	auto retry = pte_alloc_map_lock(*this->mm, pmd, addr);
 	ASSERT_TRUE(retry);
 	pte_unmap_unlock(*retry);
 }

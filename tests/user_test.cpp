@@ -7,6 +7,7 @@
 // and the build's tests must fail (see tests/CMakeLists.txt).
 
 #include "geometries.hpp"
+#include "lock_mode_env.hpp"
 #include "race_support.hpp"
 
 #include <ptl/check/audit.hpp>
@@ -60,6 +61,15 @@ void release_stray_lock(sync::spinlock &lock) PTL_NO_THREAD_SAFETY_ANALYSIS
 	lock.unlock();
 }
 
+// The value of the pmd entry that maps addr, which must exist.
+template <class G>
+typename G::entry_t detail_find_pmd(const mm::mm_struct<G> &mm, uint64_t addr)
+{
+	const auto found = user::detail::find_pmd(mm, addr);
+	EXPECT_NE(found.pmd, nullptr);
+	return found.pmd ? found.pmd->load() : 0;
+}
+
 } // namespace
 
 template <class G>
@@ -70,7 +80,7 @@ protected:
 
 	phys::frame_pool pool{8192};
 	const uint64_t pool_before_create = pool.in_use();
-	std::unique_ptr<space_t> space = *space_t::create(pool);
+	std::unique_ptr<space_t> space = *space_t::create(pool, test::lock_mode_under_test());
 	const uint64_t base = sample_user_addr<G>();
 
 	// Maps nr_pages of private anonymous memory exactly at addr.
@@ -724,15 +734,22 @@ TYPED_TEST(UserSpace, FaultHookRunsUnderPteLock)
 
 	const bool paused = held.wait_until_paused();
 	EXPECT_TRUE(paused);
+	auto &mm = this->space->mm();
+	sync::spinlock *pte_lock = &mm.page_table_lock;
+	if (mm.mode() == mm::lock_mode::split) {
+		const auto pmd = detail_find_pmd(mm, addr);
+		pte_lock = &mm::pte_table_lock(mm, pmd);
+	}
 	if (paused) {
-		EXPECT_TRUE(this->space->mm().page_table_lock.is_locked());
+		// Lockless mode has no PTE lock to hold.
+		EXPECT_EQ(pte_lock->is_locked(), mm.mode() != mm::lock_mode::lockless);
 		EXPECT_FALSE(this->translate(addr));
 	}
 	held.release();
 	faulting.join();
 
 	EXPECT_TRUE(this->translate(addr));
-	EXPECT_FALSE(this->space->mm().page_table_lock.is_locked());
+	EXPECT_FALSE(pte_lock->is_locked());
 #endif
 }
 

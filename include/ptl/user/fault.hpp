@@ -6,7 +6,9 @@
 // so the VMA cannot change, and with no page-table lock held. Each walks
 // down with pmd_alloc_walk, takes the PTE lock with pte_alloc_map_lock,
 // installs at most one PTE, and returns with no lock held, on success and
-// on failure.
+// on failure. In legacy mode a walk_guard holds page_table_lock across the
+// whole walk instead; in lockless mode there is no PTE lock and the PTE is
+// installed with compare-and-swap.
 
 #include <ptl/base/hooks.hpp>
 #include <ptl/mm/pte_lock.hpp>
@@ -39,27 +41,31 @@ uint64_t fault_prot(const vm_area &vma, access_type a)
 	return prot;
 }
 
-// Publishes a new PTE. The PTE lock orders writers. Release pairs with the
-// acquire loads of lockless walkers (translate, walk_range), so a walker that
-// sees the entry also sees the zeroed data frame behind it.
+// Publishes a new PTE in the empty slot. Under a PTE lock it cannot fail;
+// in lockless mode it fails when a racing fault installed the PTE first.
+// Release pairs with the acquire loads of lockless walkers (translate,
+// walk_range), so a walker that sees the entry also sees the zeroed data
+// frame behind it.
 template <class G>
-void set_pte(slot_t<G> *pte, pfn_t pfn, uint64_t prot)
+bool set_pte(mm::mm_struct<G> &mm, const mm::pte_map<G> &map, pfn_t pfn, uint64_t prot)
 {
 	using format = typename G::format;
-	pte->store(static_cast<typename G::entry_t>(format::make(pfn, prot)), std::memory_order_release);
+	return mm::pte_install(mm, map, typename G::entry_t{0},
+			       static_cast<typename G::entry_t>(format::make(pfn, prot)));
 }
 
 // Sets accessed, and dirty for a write, on a PTE that is already installed,
-// as Linux's ptep_set_access_flags does. Called with the PTE lock held.
+// as Linux's ptep_set_access_flags does. An atomic OR, so it cannot undo a
+// change that a lockless fault made meanwhile.
 template <class G>
 void mark_accessed(slot_t<G> *pte, typename G::entry_t entry, access_type a)
 {
-	auto updated = static_cast<typename G::entry_t>(entry | arch::prot_accessed);
+	auto bits = static_cast<typename G::entry_t>(arch::prot_accessed);
 
 	if (a == access_type::write)
-		updated |= static_cast<typename G::entry_t>(arch::prot_dirty);
-	if (updated != entry)
-		pte->store(updated, std::memory_order_release);
+		bits |= static_cast<typename G::entry_t>(arch::prot_dirty);
+	if ((entry & bits) != bits)
+		pte->fetch_or(bits, std::memory_order_release);
 }
 
 // Allocates a zeroed data frame and maps it. Called with the PTE lock held
@@ -79,7 +85,13 @@ result<fault_outcome> do_anonymous_page(mm::mm_struct<G> &mm, const vm_area &vma
 		return fail(errc::no_memory);
 	}
 
-	set_pte<G>(map.pte, *frame, fault_prot<G>(vma, a));
+	if (!set_pte(mm, map, *frame, fault_prot<G>(vma, a))) {
+		// Lockless mode only: a racing fault won the slot.
+		mm.pool().free(*frame);
+		mark_accessed<G>(map.pte, map.pte->load(std::memory_order_relaxed), a);
+		mm::pte_unmap_unlock(map);
+		return fault_outcome::already_mapped;
+	}
 	mm::pte_unmap_unlock(map);
 	return fault_outcome::mapped_anon;
 }
@@ -88,7 +100,8 @@ result<fault_outcome> do_anonymous_page(mm::mm_struct<G> &mm, const vm_area &vma
 // lock held and the PTE empty. Releases the lock. Fails with not_found when
 // the VMA has no pfn_base, because its pages come only from insert_pfn.
 template <class G>
-result<fault_outcome> do_linear_pfn_page(const vm_area &vma, const mm::pte_map<G> &map, uint64_t addr, access_type a)
+result<fault_outcome> do_linear_pfn_page(mm::mm_struct<G> &mm, const vm_area &vma, const mm::pte_map<G> &map,
+					  uint64_t addr, access_type a)
 {
 	const auto pfn = vma.linear_pfn(addr);
 	if (!pfn) {
@@ -96,9 +109,9 @@ result<fault_outcome> do_linear_pfn_page(const vm_area &vma, const mm::pte_map<G
 		return fail(errc::not_found);
 	}
 
-	set_pte<G>(map.pte, *pfn, fault_prot<G>(vma, a));
+	const bool installed = set_pte(mm, map, *pfn, fault_prot<G>(vma, a));
 	mm::pte_unmap_unlock(map);
-	return fault_outcome::mapped_pfn;
+	return installed ? fault_outcome::mapped_pfn : fault_outcome::already_mapped;
 }
 
 } // namespace detail
@@ -108,6 +121,8 @@ result<fault_outcome> do_linear_pfn_page(const vm_area &vma, const mm::pte_map<G
 template <class G>
 result<fault_outcome> handle_pte_fault(mm::mm_struct<G> &mm, const vm_area &vma, uint64_t addr, access_type a)
 {
+	mm::walk_guard<G> walk(mm);
+
 	auto pmd = mm::pmd_alloc_walk(mm, addr);
 	if (!pmd)
 		return fail(pmd.error());
@@ -128,7 +143,7 @@ result<fault_outcome> handle_pte_fault(mm::mm_struct<G> &mm, const vm_area &vma,
 
 	if (vma.is_anonymous())
 		return detail::do_anonymous_page(mm, vma, *map, a);
-	return detail::do_linear_pfn_page(vma, *map, addr, a);
+	return detail::do_linear_pfn_page(mm, vma, *map, addr, a);
 }
 
 // Maps pfn at the page-aligned addr of a PFN-mapped vma (vmf_insert_pfn).
@@ -137,6 +152,8 @@ result<fault_outcome> handle_pte_fault(mm::mm_struct<G> &mm, const vm_area &vma,
 template <class G>
 result<fault_outcome> insert_pfn(mm::mm_struct<G> &mm, const vm_area &vma, uint64_t addr, pfn_t pfn)
 {
+	mm::walk_guard<G> walk(mm);
+
 	auto pmd = mm::pmd_alloc_walk(mm, addr);
 	if (!pmd)
 		return fail(pmd.error());
@@ -145,17 +162,15 @@ result<fault_outcome> insert_pfn(mm::mm_struct<G> &mm, const vm_area &vma, uint6
 	if (!map)
 		return fail(map.error());
 
+	const bool installed = detail::set_pte(mm, *map, pfn, vm_page_prot<G>(vma) | arch::prot_accessed);
 	const auto entry = map->pte->load(std::memory_order_relaxed);
-	if (!G::format::none(entry)) {
-		mm::pte_unmap_unlock(*map);
-		if (G::format::pfn(entry) != pfn)
-			return fail(errc::exists);
-		return fault_outcome::already_mapped;
-	}
-
-	detail::set_pte<G>(map->pte, pfn, vm_page_prot<G>(vma) | arch::prot_accessed);
 	mm::pte_unmap_unlock(*map);
-	return fault_outcome::mapped_pfn;
+
+	if (installed)
+		return fault_outcome::mapped_pfn;
+	if (G::format::pfn(entry) != pfn)
+		return fail(errc::exists);
+	return fault_outcome::already_mapped;
 }
 
 } // namespace ptl::user

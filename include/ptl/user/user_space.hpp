@@ -73,9 +73,11 @@ public:
 
 	// Creates an empty address space. Fails with no_memory when the pool
 	// cannot supply the pgd.
-	static result<std::unique_ptr<user_space>> create(phys::frame_pool &pool)
+	static result<std::unique_ptr<user_space>> create(phys::frame_pool &pool,
+							   mm::lock_mode mode = mm::lock_mode::pushdown,
+							   bool split_pmd = false)
 	{
-		auto mm = mm::mm_struct<G>::create(pool, mm::mm_kind::user);
+		auto mm = mm::mm_struct<G>::create(pool, mm::mm_kind::user, mode, split_pmd);
 		if (!mm)
 			return fail(mm.error());
 		return std::unique_ptr<user_space>(new user_space(std::move(*mm)));

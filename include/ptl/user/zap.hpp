@@ -71,13 +71,15 @@ void zap_pte_range(mm::mm_struct<G> &mm, const vm_area &vma, typename mm::mm_str
 		if (format::none(entry))
 			continue;
 
-		// Release pairs with the acquire loads of lockless walkers
-		// (translate, walk_range): they see the entry or nothing.
-		pte->store(0, std::memory_order_release);
+		// An exchange, so that in lockless mode a racing fault's
+		// entry is either cleared here or not there yet.
+		const auto cleared = mm::pte_get_and_clear(mm::pte_map<G>{pte, map.ptl});
+		if (format::none(cleared))
+			continue;
 		counts.pages++;
 
 		if (vma.is_anonymous()) {
-			gather.push_back(format::pfn(entry));
+			gather.push_back(format::pfn(cleared));
 			counts.anon_pages++;
 		}
 	}
@@ -103,6 +105,7 @@ zap_counts zap_page_range(mm::mm_struct<G> &mm, const vm_area &vma, uint64_t sta
 	zap_counts counts;
 	std::vector<pfn_t> gather;
 	uint64_t addr = start;
+	mm::walk_guard<G> walk(mm);
 
 	while (addr != end) {
 		const auto found = detail::find_pmd(mm, addr);
