@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstring>
 #include <new>
 #include <stdexcept>
@@ -154,8 +155,10 @@ result<pfn_t> frame_pool::alloc(alloc_site site)
 
 	std::optional<pfn_t> pfn = pop_free();
 	if (pfn) {
-		// A reused frame holds whatever its last user wrote.
+		// A reused frame holds whatever its last user wrote, and its
+		// lock the statistics of its last use.
 		std::memset(frame_address(*pfn), 0, frame_size);
+		meta_[*pfn].ptl.reset_stats();
 	} else {
 		const uint64_t fresh = next_unused_.fetch_add(1, std::memory_order_relaxed);
 		if (fresh >= nr_frames_) {
@@ -225,6 +228,26 @@ pool_stats frame_pool::stats() const
 	s.failed_allocs = failed_allocs_.load(std::memory_order_relaxed);
 	s.double_frees = double_frees_.load(std::memory_order_relaxed);
 	return s;
+}
+
+void frame_pool::prefault(size_t nr_frames)
+{
+	// Only frames never handed out: nobody else touches them.
+	const size_t first = std::min<size_t>(next_unused_.load(std::memory_order_relaxed), nr_frames_);
+	const size_t last = std::min(nr_frames, nr_frames_);
+	if (first >= last)
+		return;
+
+	std::byte *start = base_ + first * frame_size;
+	const size_t bytes = (last - first) * frame_size;
+#if defined(MADV_POPULATE_WRITE)
+	if (madvise(start, bytes, MADV_POPULATE_WRITE) == 0)
+		return;
+#endif
+	// Kernels before 5.14: write a zero byte per page, which keeps the
+	// untouched frames reading as zero.
+	for (size_t offset = 0; offset < bytes; offset += frame_size)
+		static_cast<volatile std::byte *>(static_cast<void *>(start))[offset] = std::byte{0};
 }
 
 void frame_pool::fail_nth(uint64_t n)

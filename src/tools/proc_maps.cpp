@@ -69,8 +69,9 @@ int open_read_only(const std::string &path, int pid)
 					      pid, path));
 
 	if (pid > 0 && (error == EACCES || error == EPERM))
-		throw input_error(fmt::format("{}: cannot open: {} (run as the process's user or as root)", path,
-					      std::strerror(error)));
+		throw input_error(fmt::format("{}: cannot open: {} (reading it needs ptrace access: run as the "
+					      "process's user or as root, in the process's own PID namespace)",
+					      path, std::strerror(error)));
 	throw input_error(fmt::format("{}: cannot open: {}", path, std::strerror(error)));
 }
 

@@ -103,6 +103,11 @@ public:
 	uint64_t in_use() const { return in_use_.load(std::memory_order_relaxed); }
 	uint64_t in_use(alloc_site site) const;
 
+	// Commits memory for the first nr_frames frames now, so that a
+	// benchmark does not time the host kernel's page faults on first
+	// touch. Frames stay free and read as zero.
+	void prefault(size_t nr_frames);
+
 	// Fault injection. Each setting stays until clear_faults().
 	// Fail the nth allocation counted from now (1 = the next one), once.
 	void fail_nth(uint64_t n);
