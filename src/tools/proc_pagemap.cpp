@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <limits>
+#include <sys/ioctl.h>
 #include <unistd.h>
 #include <utility>
 
@@ -120,6 +121,89 @@ void pagemap_reader::read(uint64_t first_vaddr, std::span<pagemap_entry> out)
 				pfns_visible_ = true;
 		}
 	}
+}
+
+namespace {
+
+// The PAGEMAP_SCAN ABI of <linux/fs.h> (Linux 6.7), declared here because
+// Debian 12's kernel headers predate it.
+struct pm_scan_arg {
+	uint64_t size;
+	uint64_t flags;
+	uint64_t start;
+	uint64_t end;
+	uint64_t walk_end;
+	uint64_t vec;
+	uint64_t vec_len;
+	uint64_t max_pages;
+	uint64_t category_inverted;
+	uint64_t category_mask;
+	uint64_t category_anyof_mask;
+	uint64_t return_mask;
+};
+
+struct page_region {
+	uint64_t start;
+	uint64_t end;
+	uint64_t categories;
+};
+
+constexpr uint64_t page_is_present = 1u << 3;
+constexpr uint64_t page_is_swapped = 1u << 4;
+constexpr unsigned long pagemap_scan_request = _IOWR('f', 16, pm_scan_arg);
+
+// Regions returned per ioctl call; a scan with more continues at walk_end.
+constexpr size_t scan_batch = 4096;
+
+bool scan_unsupported(int error)
+{
+	return error == ENOTTY || error == EINVAL || error == EOPNOTSUPP;
+}
+
+} // namespace
+
+std::optional<std::vector<page_range>> pagemap_reader::scan_populated(uint64_t start, uint64_t end)
+{
+	std::vector<page_range> ranges;
+	std::vector<page_region> batch(scan_batch);
+
+	while (start < end) {
+		pm_scan_arg arg{};
+		arg.size = sizeof(arg);
+		arg.start = start;
+		arg.end = end;
+		arg.vec = reinterpret_cast<uint64_t>(batch.data());
+		arg.vec_len = batch.size();
+		arg.category_anyof_mask = page_is_present | page_is_swapped;
+		arg.return_mask = page_is_present | page_is_swapped;
+
+		const int found = ::ioctl(fd_, pagemap_scan_request, &arg);
+		if (found < 0 && scan_unsupported(errno) && ranges.empty())
+			return std::nullopt;
+		if (found < 0)
+			throw input_error(fmt::format("{}: PAGEMAP_SCAN of {:#x}-{:#x} failed: {}", path_, start, end,
+						      std::strerror(errno)));
+
+		for (int i = 0; i < found; i++) {
+			page_range range{batch[i].start, batch[i].end, (batch[i].categories & page_is_present) != 0,
+					 (batch[i].categories & page_is_swapped) != 0};
+
+			// A batch that filled up can end at a walk_end inside its
+			// last region, and the next batch reports that region
+			// again: keep only the part not seen yet.
+			if (!ranges.empty() && range.start < ranges.back().end)
+				range.start = ranges.back().end;
+			if (range.start < range.end)
+				ranges.push_back(range);
+		}
+
+		// The kernel stops early when the batch is full; walk_end says
+		// where to go on.
+		if (arg.walk_end <= start)
+			throw input_error(fmt::format("{}: PAGEMAP_SCAN made no progress at {:#x}", path_, start));
+		start = arg.walk_end;
+	}
+	return ranges;
 }
 
 bool pagemap_reader::pfns_visible() const

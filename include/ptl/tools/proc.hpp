@@ -101,6 +101,14 @@ struct pagemap_entry {
 
 pagemap_entry decode_pagemap(uint64_t raw);
 
+// A range of pages that share the listed states, as PAGEMAP_SCAN reports it.
+struct page_range {
+	uint64_t start = 0; // first byte, page aligned
+	uint64_t end = 0;   // one past the last byte
+	bool present = false;
+	bool swapped = false;
+};
+
 // Reads /proc/PID/pagemap, or any file in its format, with pread in chunks.
 class pagemap_reader {
 public:
@@ -124,6 +132,13 @@ public:
 	// which happens when the process has exited or the range lies beyond
 	// the file, and on a read error.
 	void read(uint64_t first_vaddr, std::span<pagemap_entry> out);
+
+	// Ranges of [start, end) whose pages are present or swapped, from the
+	// PAGEMAP_SCAN ioctl (Linux 6.7 and later), so that a caller reads
+	// entries only where there are pages instead of across huge reserved
+	// VMAs. Returns nothing when the kernel lacks the ioctl; callers then
+	// read the whole range. Throws input_error on any other failure.
+	std::optional<std::vector<page_range>> scan_populated(uint64_t start, uint64_t end);
 
 	// Returns whether some present page read so far had a non-zero PFN.
 	// Without CAP_SYS_ADMIN the kernel reports PFN 0 for every page, and
