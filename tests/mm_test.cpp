@@ -31,10 +31,14 @@ protected:
 		walk_guard<G> walk(*mm);
 		auto pmd = pmd_alloc_walk(*mm, addr);
 		ASSERT_TRUE(pmd);
-		auto map = pte_alloc_map_lock(*mm, *pmd, addr);
-		ASSERT_TRUE(map);
-		EXPECT_TRUE(pte_install(*mm, *map, 0, format::make(pfn, prot)));
-		pte_unmap_unlock(*map);
+		pte_map<G> map;
+		errc error{};
+		if (!pte_alloc_map_lock(*mm, *pmd, addr, map, error)) {
+			ADD_FAILURE() << "pte_alloc_map_lock failed: " << errc_name(error);
+			return;
+		}
+		EXPECT_TRUE(pte_install(*mm, map, 0, format::make(pfn, prot)));
+		pte_unmap_unlock(map);
 	}
 };
 
@@ -171,9 +175,10 @@ TYPED_TEST(MmTest, PopulateFailureLeavesEntryEmpty)
 	this->pool.fail_site(phys::alloc_site::pte);
 	{
 		walk_guard<G> walk(*this->mm);
-		auto map = pte_alloc_map_lock(*this->mm, pmd, addr);
-		ASSERT_FALSE(map);
-		EXPECT_EQ(map.error(), errc::no_memory);
+		pte_map<G> map;
+		errc error{};
+		ASSERT_FALSE(pte_alloc_map_lock(*this->mm, pmd, addr, map, error));
+		EXPECT_EQ(error, errc::no_memory);
 	}
 	EXPECT_FALSE(this->mm->page_table_lock.is_locked());
 	EXPECT_EQ(this->pool.in_use(), before);
@@ -181,21 +186,25 @@ TYPED_TEST(MmTest, PopulateFailureLeavesEntryEmpty)
 
 	this->pool.clear_faults();
 	walk_guard<G> walk(*this->mm);
-	auto retry = pte_alloc_map_lock(*this->mm, pmd, addr);
-	ASSERT_TRUE(retry);
-	pte_unmap_unlock(*retry);
+	pte_map<G> retry;
+	errc error{};
+	if (!pte_alloc_map_lock(*this->mm, pmd, addr, retry, error)) {
+		ADD_FAILURE() << "retry failed: " << errc_name(error);
+		return;
+	}
+	pte_unmap_unlock(retry);
 }
 
 TEST(PteAllocKernel, FindsKernelSpaceFromEntry)
 {
 	using G = arch::x86_64;
 	phys::frame_pool pool(64);
-	auto kernel = *mm_struct<G>::create(pool, mm_kind::kernel);
+	auto kernel = *kernel_mm<G>::create(pool);
 	const uint64_t addr = G::vmalloc_start + 0x5000;
 
 	auto pmd = pmd_alloc_walk(*kernel, addr);
 	ASSERT_TRUE(pmd);
-	auto pte = pte_alloc_kernel<G>(*pmd, addr);
+	auto pte = pte_alloc_kernel(kernel_pmd<G>(*kernel, *pmd), addr);
 	ASSERT_TRUE(pte);
 	EXPECT_EQ(kernel->counters().nr_tables[arch::level_index(level::pte)], 1u);
 	(*pte)->store(G::format::make(77, arch::prot_present), std::memory_order_release);

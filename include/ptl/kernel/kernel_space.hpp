@@ -35,7 +35,7 @@ public:
 	static result<std::unique_ptr<kernel_space>> create(phys::frame_pool &pool,
 							     mm::lock_mode mode = mm::lock_mode::pushdown)
 	{
-		auto init_mm = mm::mm_struct<G>::create(pool, mm::mm_kind::kernel, mode);
+		auto init_mm = mm::kernel_mm<G>::create(pool, mode);
 		if (!init_mm)
 			return fail(init_mm.error());
 		return std::unique_ptr<kernel_space>(new kernel_space(std::move(*init_mm)));
@@ -54,8 +54,8 @@ public:
 	kernel_space(const kernel_space &) = delete;
 	kernel_space &operator=(const kernel_space &) = delete;
 
-	mm::mm_struct<G> &init_mm() { return *init_mm_; }
-	const mm::mm_struct<G> &init_mm() const { return *init_mm_; }
+	mm::kernel_mm<G> &init_mm() { return *init_mm_; }
+	const mm::kernel_mm<G> &init_mm() const { return *init_mm_; }
 	phys::frame_pool &pool() const { return init_mm_->pool(); }
 	const vmalloc_area &areas() const { return areas_; }
 
@@ -248,7 +248,7 @@ public:
 	}
 
 private:
-	explicit kernel_space(std::unique_ptr<mm::mm_struct<G>> init_mm)
+	explicit kernel_space(std::unique_ptr<mm::kernel_mm<G>> init_mm)
 		: init_mm_(std::move(init_mm)), areas_(G::vmalloc_start, G::vmalloc_end)
 	{
 	}
@@ -323,7 +323,7 @@ private:
 		area.pages.clear();
 	}
 
-	std::unique_ptr<mm::mm_struct<G>> init_mm_;
+	std::unique_ptr<mm::kernel_mm<G>> init_mm_;
 	vmalloc_area areas_;
 
 	std::atomic<uint64_t> maps_{0};

@@ -98,9 +98,9 @@ result<void> set_kernel_pte(slot_t<G> *pte, pfn_t pfn, uint64_t prot)
 }
 
 template <class G>
-result<void> vmap_pte_range(slot_t<G> *pmd, uint64_t addr, uint64_t end, uint64_t prot, map_cursor &cursor)
+result<void> vmap_pte_range(mm::kernel_pmd<G> pmd, uint64_t addr, uint64_t end, uint64_t prot, map_cursor &cursor)
 {
-	auto pte = mm::pte_alloc_kernel<G>(pmd, addr);
+	auto pte = mm::pte_alloc_kernel(pmd, addr);
 	if (!pte)
 		return fail(pte.error());
 
@@ -115,7 +115,7 @@ result<void> vmap_pte_range(slot_t<G> *pmd, uint64_t addr, uint64_t end, uint64_
 }
 
 template <class G>
-result<void> vmap_pmd_range(mm::mm_struct<G> &init_mm, slot_t<G> *pud, uint64_t addr, uint64_t end, uint64_t prot,
+result<void> vmap_pmd_range(mm::kernel_mm<G> &init_mm, slot_t<G> *pud, uint64_t addr, uint64_t end, uint64_t prot,
 			    map_cursor &cursor)
 {
 	auto pmd = mm::pmd_alloc(init_mm, pud, addr);
@@ -125,7 +125,7 @@ result<void> vmap_pmd_range(mm::mm_struct<G> &init_mm, slot_t<G> *pud, uint64_t 
 	slot_t<G> *slot = *pmd;
 	do {
 		const uint64_t next = arch::entry_end<G>(level::pmd, addr, end);
-		auto r = vmap_pte_range<G>(slot, addr, next, prot, cursor);
+		auto r = vmap_pte_range<G>(mm::kernel_pmd<G>(init_mm, slot), addr, next, prot, cursor);
 		if (!r)
 			return r;
 		addr = next;
@@ -134,7 +134,7 @@ result<void> vmap_pmd_range(mm::mm_struct<G> &init_mm, slot_t<G> *pud, uint64_t 
 }
 
 template <class G>
-result<void> vmap_pud_range(mm::mm_struct<G> &init_mm, slot_t<G> *p4d, uint64_t addr, uint64_t end, uint64_t prot,
+result<void> vmap_pud_range(mm::kernel_mm<G> &init_mm, slot_t<G> *p4d, uint64_t addr, uint64_t end, uint64_t prot,
 			    map_cursor &cursor)
 {
 	auto pud = mm::pud_alloc(init_mm, p4d, addr);
@@ -153,7 +153,7 @@ result<void> vmap_pud_range(mm::mm_struct<G> &init_mm, slot_t<G> *p4d, uint64_t 
 }
 
 template <class G>
-result<void> vmap_p4d_range(mm::mm_struct<G> &init_mm, slot_t<G> *pgd, uint64_t addr, uint64_t end, uint64_t prot,
+result<void> vmap_p4d_range(mm::kernel_mm<G> &init_mm, slot_t<G> *pgd, uint64_t addr, uint64_t end, uint64_t prot,
 			    map_cursor &cursor)
 {
 	auto p4d = mm::p4d_alloc(init_mm, pgd, addr);
@@ -173,7 +173,7 @@ result<void> vmap_p4d_range(mm::mm_struct<G> &init_mm, slot_t<G> *pgd, uint64_t 
 
 // Clears the PTEs of [addr, end) below *pmd and returns how many were set.
 template <class G>
-uint64_t vunmap_pte_range(mm::mm_struct<G> &init_mm, slot_t<G> *pmd, uint64_t addr, uint64_t end)
+uint64_t vunmap_pte_range(mm::kernel_mm<G> &init_mm, slot_t<G> *pmd, uint64_t addr, uint64_t end)
 {
 	using format = typename G::format;
 	uint64_t cleared = 0;
@@ -193,7 +193,7 @@ uint64_t vunmap_pte_range(mm::mm_struct<G> &init_mm, slot_t<G> *pmd, uint64_t ad
 // The unmap walk skips empty directory entries: a map that failed before
 // populating them set nothing below them.
 template <class G>
-uint64_t vunmap_pmd_range(mm::mm_struct<G> &init_mm, slot_t<G> *pud, uint64_t addr, uint64_t end)
+uint64_t vunmap_pmd_range(mm::kernel_mm<G> &init_mm, slot_t<G> *pud, uint64_t addr, uint64_t end)
 {
 	using format = typename G::format;
 	uint64_t cleared = 0;
@@ -211,7 +211,7 @@ uint64_t vunmap_pmd_range(mm::mm_struct<G> &init_mm, slot_t<G> *pud, uint64_t ad
 }
 
 template <class G>
-uint64_t vunmap_pud_range(mm::mm_struct<G> &init_mm, slot_t<G> *p4d, uint64_t addr, uint64_t end)
+uint64_t vunmap_pud_range(mm::kernel_mm<G> &init_mm, slot_t<G> *p4d, uint64_t addr, uint64_t end)
 {
 	using format = typename G::format;
 	uint64_t cleared = 0;
@@ -227,7 +227,7 @@ uint64_t vunmap_pud_range(mm::mm_struct<G> &init_mm, slot_t<G> *p4d, uint64_t ad
 }
 
 template <class G>
-uint64_t vunmap_p4d_range(mm::mm_struct<G> &init_mm, slot_t<G> *pgd, uint64_t addr, uint64_t end)
+uint64_t vunmap_p4d_range(mm::kernel_mm<G> &init_mm, slot_t<G> *pgd, uint64_t addr, uint64_t end)
 {
 	using format = typename G::format;
 	uint64_t cleared = 0;
@@ -248,7 +248,7 @@ uint64_t vunmap_p4d_range(mm::mm_struct<G> &init_mm, slot_t<G> *pgd, uint64_t ad
 // missing tables. Stops at the first error and returns it, leaving the PTEs
 // it set in place: map_kernel_range is the caller that undoes them.
 template <class G>
-result<void> vmap_page_range(mm::mm_struct<G> &init_mm, uint64_t start, uint64_t end, uint64_t prot,
+result<void> vmap_page_range(mm::kernel_mm<G> &init_mm, uint64_t start, uint64_t end, uint64_t prot,
 			     map_cursor &cursor)
 {
 	detail::slot_t<G> *pgd = init_mm.pgd_offset(start);
@@ -269,7 +269,7 @@ result<void> vmap_page_range(mm::mm_struct<G> &init_mm, uint64_t start, uint64_t
 // TODO: empty page tables are not freed yet, so the kernel tree keeps every
 // table that a map ever populated.
 template <class G>
-uint64_t vunmap_page_range(mm::mm_struct<G> &init_mm, uint64_t start, uint64_t end)
+uint64_t vunmap_page_range(mm::kernel_mm<G> &init_mm, uint64_t start, uint64_t end)
 {
 	using format = typename G::format;
 	uint64_t cleared = 0;
@@ -294,7 +294,7 @@ uint64_t vunmap_page_range(mm::mm_struct<G> &init_mm, uint64_t start, uint64_t e
 template <class G>
 class map_rollback {
 public:
-	map_rollback(mm::mm_struct<G> &init_mm, const map_cursor &cursor) : init_mm_(init_mm), cursor_(cursor) {}
+	map_rollback(mm::kernel_mm<G> &init_mm, const map_cursor &cursor) : init_mm_(init_mm), cursor_(cursor) {}
 
 	~map_rollback()
 	{
@@ -308,7 +308,7 @@ public:
 	void commit() { committed_ = true; }
 
 private:
-	mm::mm_struct<G> &init_mm_;
+	mm::kernel_mm<G> &init_mm_;
 	const map_cursor &cursor_;
 	bool committed_ = false;
 };
@@ -316,7 +316,7 @@ private:
 // Maps [start, end) as vmap_page_range does, but all or nothing: on error
 // every PTE this call set is cleared again before it returns.
 template <class G>
-result<void> map_kernel_range(mm::mm_struct<G> &init_mm, uint64_t start, uint64_t end, uint64_t prot,
+result<void> map_kernel_range(mm::kernel_mm<G> &init_mm, uint64_t start, uint64_t end, uint64_t prot,
 			      map_cursor &cursor) PTL_EXCLUDES(init_mm.page_table_lock)
 {
 	// Declared first so that in legacy mode the rollback, too, runs with
@@ -335,7 +335,7 @@ result<void> map_kernel_range(mm::mm_struct<G> &init_mm, uint64_t start, uint64_
 // Clears every PTE of [start, end), taking page_table_lock across the walk
 // in legacy mode only, and returns how many were set.
 template <class G>
-uint64_t unmap_kernel_range(mm::mm_struct<G> &init_mm, uint64_t start, uint64_t end)
+uint64_t unmap_kernel_range(mm::kernel_mm<G> &init_mm, uint64_t start, uint64_t end)
 	PTL_EXCLUDES(init_mm.page_table_lock)
 {
 	mm::walk_guard<G> guard(init_mm);

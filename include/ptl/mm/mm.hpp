@@ -162,7 +162,7 @@ public:
 	// pushdown. Never held across an allocation.
 	sync::spinlock page_table_lock;
 
-private:
+protected:
 	mm_struct(phys::frame_pool &pool, mm_kind kind, lock_mode mode, bool split_pmd, pfn_t pgd)
 		: pool_(pool), kind_(kind), mode_(mode), split_pmd_(split_pmd && mode == lock_mode::split), pgd_pfn_(pgd)
 	{
@@ -170,6 +170,7 @@ private:
 		nr_tables_[arch::level_index(level::pgd)].store(1, std::memory_order_relaxed);
 	}
 
+private:
 	// Frees the table at pfn and every table below it. Runs with no other
 	// user of the tree left, so plain relaxed loads suffice.
 	void free_tables(level l, pfn_t pfn)
@@ -195,6 +196,28 @@ private:
 	std::array<std::atomic<uint64_t>, arch::nr_levels> nr_tables_{};
 	std::atomic<uint64_t> populates_{0};
 	std::atomic<uint64_t> races_lost_{0};
+};
+
+// The kernel address space (Linux's init_mm) as a type of its own, so that
+// code that must only ever touch the kernel's tables, such as
+// pte_alloc_kernel, cannot be handed a user address space: that does not
+// compile.
+template <class G>
+class kernel_mm : public mm_struct<G> {
+public:
+	static result<std::unique_ptr<kernel_mm>> create(phys::frame_pool &pool, lock_mode mode = lock_mode::pushdown)
+	{
+		auto pgd = pool.alloc(phys::alloc_site::pgd);
+		if (!pgd)
+			return fail(pgd.error());
+		return std::unique_ptr<kernel_mm>(new kernel_mm(pool, mode, *pgd));
+	}
+
+private:
+	kernel_mm(phys::frame_pool &pool, lock_mode mode, pfn_t pgd)
+		: mm_struct<G>(pool, mm_kind::kernel, mode, false, pgd)
+	{
+	}
 };
 
 } // namespace ptl::mm

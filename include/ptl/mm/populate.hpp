@@ -143,6 +143,7 @@ result<pfn_t> alloc_table(mm_struct<G> &mm, level l, uint64_t addr) PTL_NO_THREA
 // __pte_alloc.
 template <class G>
 result<void> populate(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, level l, uint64_t addr)
+	PTL_EXCLUDES(mm.page_table_lock)
 {
 	auto new_table = detail::alloc_table(mm, l, addr);
 	if (!new_table)
@@ -178,7 +179,7 @@ typename mm_struct<G>::slot_t *entry_offset(const mm_struct<G> &mm, typename mm_
 // when the parent entry is empty.
 template <class G>
 result<typename mm_struct<G>::slot_t *> alloc_level(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, level l,
-						  uint64_t addr)
+						  uint64_t addr) PTL_EXCLUDES(mm.page_table_lock)
 {
 	using format = typename G::format;
 
@@ -194,19 +195,19 @@ result<typename mm_struct<G>::slot_t *> alloc_level(mm_struct<G> &mm, typename m
 }
 
 template <class G>
-auto p4d_alloc(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pgd, uint64_t addr)
+auto p4d_alloc(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pgd, uint64_t addr) PTL_EXCLUDES(mm.page_table_lock)
 {
 	return alloc_level(mm, pgd, level::p4d, addr);
 }
 
 template <class G>
-auto pud_alloc(mm_struct<G> &mm, typename mm_struct<G>::slot_t *p4d, uint64_t addr)
+auto pud_alloc(mm_struct<G> &mm, typename mm_struct<G>::slot_t *p4d, uint64_t addr) PTL_EXCLUDES(mm.page_table_lock)
 {
 	return alloc_level(mm, p4d, level::pud, addr);
 }
 
 template <class G>
-auto pmd_alloc(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pud, uint64_t addr)
+auto pmd_alloc(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pud, uint64_t addr) PTL_EXCLUDES(mm.page_table_lock)
 {
 	return alloc_level(mm, pud, level::pmd, addr);
 }
@@ -214,6 +215,7 @@ auto pmd_alloc(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pud, uint64_t ad
 // Makes sure a PTE table exists below *pmd; does not map it.
 template <class G>
 result<void> pte_alloc(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pmd, uint64_t addr)
+	PTL_EXCLUDES(mm.page_table_lock)
 {
 	using format = typename G::format;
 
@@ -225,6 +227,7 @@ result<void> pte_alloc(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pmd, uin
 // The pmd entry for addr, populating p4d, pud and pmd tables on the way.
 template <class G>
 result<typename mm_struct<G>::slot_t *> pmd_alloc_walk(mm_struct<G> &mm, uint64_t addr)
+	PTL_EXCLUDES(mm.page_table_lock)
 {
 	auto *pgd = mm.pgd_offset(addr);
 
@@ -252,19 +255,36 @@ mm_struct<G> &owner_of_entry(const typename mm_struct<G>::slot_t *entry)
 	return *static_cast<mm_struct<G> *>(owner);
 }
 
+// A pmd entry of the kernel address space. It can only be made from the
+// kernel_mm whose walk found it, so a user address space's entry never
+// reaches pte_alloc_kernel.
+template <class G>
+class kernel_pmd {
+public:
+	kernel_pmd(const kernel_mm<G> &init_mm, typename mm_struct<G>::slot_t *entry) : entry_(entry)
+	{
+		assert(&owner_of_entry<G>(entry) == &init_mm);
+		(void)init_mm;
+	}
+
+	typename mm_struct<G>::slot_t *get() const { return entry_; }
+
+private:
+	typename mm_struct<G>::slot_t *entry_;
+};
+
 // pte_alloc_kernel: the PTE slot for a kernel address, populating the PTE
 // table if needed. It takes no address-space argument because it always
-// works on the kernel address space that owns *pmd.
+// works on the kernel address space that owns the pmd entry.
 template <class G>
-result<typename mm_struct<G>::slot_t *> pte_alloc_kernel(typename mm_struct<G>::slot_t *pmd, uint64_t addr)
+result<typename mm_struct<G>::slot_t *> pte_alloc_kernel(kernel_pmd<G> pmd, uint64_t addr)
 {
-	mm_struct<G> &init_mm = owner_of_entry<G>(pmd);
-	assert(init_mm.kind() == mm_kind::kernel && "pte_alloc_kernel on a user address space");
+	mm_struct<G> &init_mm = owner_of_entry<G>(pmd.get());
 
-	auto r = pte_alloc(init_mm, pmd, addr);
+	auto r = pte_alloc(init_mm, pmd.get(), addr);
 	if (!r)
 		return fail(r.error());
-	return entry_offset(init_mm, pmd, level::pte, addr);
+	return entry_offset(init_mm, pmd.get(), level::pte, addr);
 }
 
 // Holds page_table_lock across a walk in legacy mode and does nothing in

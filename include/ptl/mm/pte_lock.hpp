@@ -14,12 +14,17 @@
 
 namespace ptl::mm {
 
-// A PTE slot with its lock held (ptl is null when nothing was taken here).
-// Release with pte_unmap_unlock.
+// A PTE slot together with the lock of this lock mode that guards it. The
+// map is a capability for Clang's thread-safety analysis: functions that
+// read or change the PTE require it, pte_offset_map_lock acquires it and
+// pte_unmap_unlock releases it, so a path that forgets to unlock, or
+// touches the PTE after unlocking, does not build with -Werror. In lockless
+// mode the capability stands for no real lock (ptl is null).
 template <class G>
-struct pte_map {
-	typename mm_struct<G>::slot_t *pte;
-	sync::spinlock *ptl;
+class PTL_CAPABILITY("pte lock") pte_map {
+public:
+	typename mm_struct<G>::slot_t *pte = nullptr;
+	sync::spinlock *ptl = nullptr;
 };
 
 // The lock of the PTE table whose entry is pmd_value (split mode).
@@ -48,55 +53,71 @@ sync::spinlock *lock_split_pte_table(mm_struct<G> &mm, typename mm_struct<G>::sl
 	}
 }
 
-} // namespace detail
-
-// pte_offset_map_lock: *pmd must point to a PTE table. Returns with the PTE
-// lock of this lock mode held.
+// The real lock of this mode, taken; null where the mode takes none here.
 template <class G>
-pte_map<G> pte_offset_map_lock(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pmd, uint64_t addr)
-	PTL_NO_THREAD_SAFETY_ANALYSIS
+sync::spinlock *lock_pte_table(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pmd) PTL_NO_THREAD_SAFETY_ANALYSIS
 {
-	sync::spinlock *ptl = nullptr;
-
 	switch (mm.mode()) {
 	case lock_mode::legacy:
 	case lock_mode::lockless:
-		break;
+		return nullptr;
 	case lock_mode::pushdown:
-		ptl = &mm.page_table_lock;
-		ptl->lock();
-		break;
+		mm.page_table_lock.lock();
+		return &mm.page_table_lock;
 	case lock_mode::split:
-		ptl = detail::lock_split_pte_table(mm, pmd);
-		break;
+		return lock_split_pte_table(mm, pmd);
 	}
-	return pte_map<G>{entry_offset(mm, pmd, level::pte, addr), ptl};
+	return nullptr;
+}
+
+} // namespace detail
+
+// pte_offset_map_lock: *pmd must point to a PTE table. Returns with the PTE
+// lock of this lock mode held in map.
+template <class G>
+void pte_offset_map_lock(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pmd, uint64_t addr, pte_map<G> &map)
+	PTL_ACQUIRE(map) PTL_NO_THREAD_SAFETY_ANALYSIS
+{
+	map.ptl = detail::lock_pte_table(mm, pmd);
+	map.pte = entry_offset(mm, pmd, level::pte, addr);
 }
 
 // pte_alloc_map_lock: populates the PTE table if needed (no lock held while
-// allocating, except the legacy walk's), then maps it locked. On failure no
-// lock is taken.
+// allocating, except the legacy walk's), then maps it locked. Returns true
+// with map held, or false with error set and no lock taken.
 template <class G>
-result<pte_map<G>> pte_alloc_map_lock(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pmd, uint64_t addr)
+bool pte_alloc_map_lock(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pmd, uint64_t addr, pte_map<G> &map,
+			errc &error) PTL_TRY_ACQUIRE(true, map) PTL_NO_THREAD_SAFETY_ANALYSIS
 {
 	auto r = pte_alloc(mm, pmd, addr);
-	if (!r)
-		return fail(r.error());
-	return pte_offset_map_lock(mm, pmd, addr);
+	if (!r) {
+		error = r.error();
+		return false;
+	}
+	pte_offset_map_lock(mm, pmd, addr, map);
+	return true;
 }
 
 template <class G>
-void pte_unmap_unlock(const pte_map<G> &map) PTL_NO_THREAD_SAFETY_ANALYSIS
+void pte_unmap_unlock(pte_map<G> &map) PTL_RELEASE(map) PTL_NO_THREAD_SAFETY_ANALYSIS
 {
 	if (map.ptl)
 		map.ptl->unlock();
+}
+
+// The PTE's current value (a relaxed load: the lock orders it).
+template <class G>
+typename G::entry_t pte_read(const pte_map<G> &map) PTL_REQUIRES(map)
+{
+	return map.pte->load(std::memory_order_relaxed);
 }
 
 // Sets the PTE to new_value if it still holds expected. Under a lock this is
 // the re-check and a release store; in lockless mode it is one
 // compare-and-swap. Returns false when the PTE held something else.
 template <class G>
-bool pte_install(mm_struct<G> &mm, const pte_map<G> &map, typename G::entry_t expected, typename G::entry_t new_value)
+bool pte_install(mm_struct<G> &mm, const pte_map<G> &map, typename G::entry_t expected,
+		 typename G::entry_t new_value) PTL_REQUIRES(map)
 {
 	if (mm.mode() == lock_mode::lockless)
 		return map.pte->compare_exchange_strong(expected, new_value, std::memory_order_release,
@@ -109,11 +130,21 @@ bool pte_install(mm_struct<G> &mm, const pte_map<G> &map, typename G::entry_t ex
 	return true;
 }
 
-// Clears the PTE and returns what it held (ptep_get_and_clear).
+// Sets bits in the PTE with an atomic OR (accessed and dirty, as
+// ptep_set_access_flags does), which cannot undo a lockless update.
 template <class G>
-typename G::entry_t pte_get_and_clear(const pte_map<G> &map)
+void pte_set_flags(const pte_map<G> &map, typename G::entry_t bits) PTL_REQUIRES(map)
 {
-	return map.pte->exchange(0, std::memory_order_acq_rel);
+	map.pte->fetch_or(bits, std::memory_order_release);
+}
+
+// Clears the PTE at index in the mapped table and returns what it held
+// (ptep_get_and_clear). An exchange, so that in lockless mode a racing
+// fault's entry is either cleared here or not there yet.
+template <class G>
+typename G::entry_t pte_get_and_clear(const pte_map<G> &map, unsigned index = 0) PTL_REQUIRES(map)
+{
+	return map.pte[index].exchange(0, std::memory_order_acq_rel);
 }
 
 } // namespace ptl::mm

@@ -47,7 +47,7 @@ uint64_t fault_prot(const vm_area &vma, access_type a)
 // walk_range), so a walker that sees the entry also sees the zeroed data
 // frame behind it.
 template <class G>
-bool set_pte(mm::mm_struct<G> &mm, const mm::pte_map<G> &map, pfn_t pfn, uint64_t prot)
+bool set_pte(mm::mm_struct<G> &mm, const mm::pte_map<G> &map, pfn_t pfn, uint64_t prot) PTL_REQUIRES(map)
 {
 	using format = typename G::format;
 	return mm::pte_install(mm, map, typename G::entry_t{0},
@@ -58,21 +58,21 @@ bool set_pte(mm::mm_struct<G> &mm, const mm::pte_map<G> &map, pfn_t pfn, uint64_
 // as Linux's ptep_set_access_flags does. An atomic OR, so it cannot undo a
 // change that a lockless fault made meanwhile.
 template <class G>
-void mark_accessed(slot_t<G> *pte, typename G::entry_t entry, access_type a)
+void mark_accessed(const mm::pte_map<G> &map, typename G::entry_t entry, access_type a) PTL_REQUIRES(map)
 {
 	auto bits = static_cast<typename G::entry_t>(arch::prot_accessed);
 
 	if (a == access_type::write)
 		bits |= static_cast<typename G::entry_t>(arch::prot_dirty);
 	if ((entry & bits) != bits)
-		pte->fetch_or(bits, std::memory_order_release);
+		mm::pte_set_flags(map, bits);
 }
 
 // Allocates a zeroed data frame and maps it. Called with the PTE lock held
 // and the PTE empty. Releases the lock, also on failure.
 template <class G>
-result<fault_outcome> do_anonymous_page(mm::mm_struct<G> &mm, const vm_area &vma, const mm::pte_map<G> &map,
-					 access_type a)
+result<fault_outcome> do_anonymous_page(mm::mm_struct<G> &mm, const vm_area &vma, mm::pte_map<G> &map, access_type a)
+	PTL_RELEASE(map)
 {
 	// The frame is allocated under the PTE lock, after the re-check, so a
 	// fault that lost the race allocates nothing. This is safe only
@@ -88,7 +88,7 @@ result<fault_outcome> do_anonymous_page(mm::mm_struct<G> &mm, const vm_area &vma
 	if (!set_pte(mm, map, *frame, fault_prot<G>(vma, a))) {
 		// Lockless mode only: a racing fault won the slot.
 		mm.pool().free(*frame);
-		mark_accessed<G>(map.pte, map.pte->load(std::memory_order_relaxed), a);
+		mark_accessed<G>(map, mm::pte_read(map), a);
 		mm::pte_unmap_unlock(map);
 		return fault_outcome::already_mapped;
 	}
@@ -100,8 +100,8 @@ result<fault_outcome> do_anonymous_page(mm::mm_struct<G> &mm, const vm_area &vma
 // lock held and the PTE empty. Releases the lock. Fails with not_found when
 // the VMA has no pfn_base, because its pages come only from insert_pfn.
 template <class G>
-result<fault_outcome> do_linear_pfn_page(mm::mm_struct<G> &mm, const vm_area &vma, const mm::pte_map<G> &map,
-					  uint64_t addr, access_type a)
+result<fault_outcome> do_linear_pfn_page(mm::mm_struct<G> &mm, const vm_area &vma, mm::pte_map<G> &map,
+					  uint64_t addr, access_type a) PTL_RELEASE(map)
 {
 	const auto pfn = vma.linear_pfn(addr);
 	if (!pfn) {
@@ -127,23 +127,24 @@ result<fault_outcome> handle_pte_fault(mm::mm_struct<G> &mm, const vm_area &vma,
 	if (!pmd)
 		return fail(pmd.error());
 
-	auto map = mm::pte_alloc_map_lock(mm, *pmd, addr);
-	if (!map)
-		return fail(map.error());
+	mm::pte_map<G> map;
+	errc error{};
+	if (!mm::pte_alloc_map_lock(mm, *pmd, addr, map, error))
+		return fail(error);
 	PTL_HOOK(hooks::point::fault_locked, arch::level_index(level::pte), addr, &mm);
 
 	// Re-check under the lock: another thread may have faulted the page in
 	// since this one found it missing.
-	const auto entry = map->pte->load(std::memory_order_relaxed);
+	const auto entry = mm::pte_read(map);
 	if (!G::format::none(entry)) {
-		detail::mark_accessed<G>(map->pte, entry, a);
-		mm::pte_unmap_unlock(*map);
+		detail::mark_accessed<G>(map, entry, a);
+		mm::pte_unmap_unlock(map);
 		return fault_outcome::already_mapped;
 	}
 
 	if (vma.is_anonymous())
-		return detail::do_anonymous_page(mm, vma, *map, a);
-	return detail::do_linear_pfn_page(mm, vma, *map, addr, a);
+		return detail::do_anonymous_page(mm, vma, map, a);
+	return detail::do_linear_pfn_page(mm, vma, map, addr, a);
 }
 
 // Maps pfn at the page-aligned addr of a PFN-mapped vma (vmf_insert_pfn).
@@ -158,13 +159,14 @@ result<fault_outcome> insert_pfn(mm::mm_struct<G> &mm, const vm_area &vma, uint6
 	if (!pmd)
 		return fail(pmd.error());
 
-	auto map = mm::pte_alloc_map_lock(mm, *pmd, addr);
-	if (!map)
-		return fail(map.error());
+	mm::pte_map<G> map;
+	errc error{};
+	if (!mm::pte_alloc_map_lock(mm, *pmd, addr, map, error))
+		return fail(error);
 
-	const bool installed = detail::set_pte(mm, *map, pfn, vm_page_prot<G>(vma) | arch::prot_accessed);
-	const auto entry = map->pte->load(std::memory_order_relaxed);
-	mm::pte_unmap_unlock(*map);
+	const bool installed = detail::set_pte(mm, map, pfn, vm_page_prot<G>(vma) | arch::prot_accessed);
+	const auto entry = mm::pte_read(map);
+	mm::pte_unmap_unlock(map);
 
 	if (installed)
 		return fault_outcome::mapped_pfn;

@@ -63,17 +63,13 @@ void zap_pte_range(mm::mm_struct<G> &mm, const vm_area &vma, typename mm::mm_str
 		   uint64_t end, zap_counts &counts, std::vector<pfn_t> &gather)
 {
 	using format = typename G::format;
-	const auto map = mm::pte_offset_map_lock(mm, pmd, addr);
-	auto *pte = map.pte;
+	mm::pte_map<G> map;
+	mm::pte_offset_map_lock(mm, pmd, addr, map);
 
-	for (; addr != end; addr += arch::page_size, pte++) {
-		const auto entry = pte->load(std::memory_order_relaxed);
-		if (format::none(entry))
-			continue;
-
-		// An exchange, so that in lockless mode a racing fault's
-		// entry is either cleared here or not there yet.
-		const auto cleared = mm::pte_get_and_clear(mm::pte_map<G>{pte, map.ptl});
+	for (unsigned i = 0; addr != end; addr += arch::page_size, i++) {
+		// An exchange, so that in lockless mode a racing fault's entry
+		// is either cleared here or not there yet.
+		const auto cleared = mm::pte_get_and_clear(map, i);
 		if (format::none(cleared))
 			continue;
 		counts.pages++;
