@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Builds and runs the whole test suite: the debug build with test hooks
-# (which also runs the deliberately broken variants), then the same tests
-# under AddressSanitizer with UndefinedBehaviorSanitizer, and under
-# ThreadSanitizer. Prints each part's duration.
+# (which also runs the deliberately broken variants and the negative-compile
+# tests), then the same tests under AddressSanitizer with
+# UndefinedBehaviorSanitizer, under ThreadSanitizer, and built by Clang with
+# -Werror=thread-safety. Prints each part's duration.
 #
-# Usage: scripts/test.sh [PRESET...]   (default: debug asan tsan)
+# Usage: scripts/test.sh [PRESET...]   (default: debug asan tsan clang)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 presets=("$@")
-[ ${#presets[@]} -gt 0 ] || presets=(debug asan tsan)
+[ ${#presets[@]} -gt 0 ] || presets=(debug asan tsan clang)
 jobs=$(nproc)
 
 part() {
