@@ -146,6 +146,59 @@ void frame_pool::push_free(pfn_t pfn)
 	}
 }
 
+// Fills an empty shard: freed frames from the shared list first, then a
+// batch of frames never handed out.
+void frame_pool::refill(shard &s)
+{
+	while (s.count < shard_batch) {
+		const auto pfn = pop_free();
+		if (!pfn)
+			break;
+		s.frames[s.count++] = *pfn | frame_used;
+	}
+	if (s.count > 0)
+		return;
+
+	const uint64_t first = next_unused_.fetch_add(shard_batch, std::memory_order_relaxed);
+	if (first >= nr_frames_) {
+		next_unused_.fetch_sub(shard_batch, std::memory_order_relaxed);
+		steal(s);
+		return;
+	}
+
+	// Hand out the batch lowest frame first. Untouched anonymous memory
+	// reads as zero, so these frames need no clearing; their metadata is
+	// constructed here, on first use.
+	const uint64_t last = std::min<uint64_t>(first + shard_batch, nr_frames_);
+	for (uint64_t pfn = last; pfn-- > first;) {
+		new (&meta_[pfn]) page();
+		s.frames[s.count++] = pfn;
+	}
+}
+
+// Takes free frames from other threads' shards when the pool has no other
+// free frame left, so a nearly full pool still hands out every frame. Only
+// try_lock: the caller holds its own shard's lock, and two threads stealing
+// from each other must not wait on each other.
+void frame_pool::steal(shard &s) PTL_NO_THREAD_SAFETY_ANALYSIS
+{
+	for (unsigned i = 0; i < sync::nr_shards && s.count == 0; i++) {
+		shard &other = shards_[i];
+		if (&other == &s || !other.lock.try_lock())
+			continue;
+		while (other.count > 0 && s.count < shard_batch)
+			s.frames[s.count++] = other.frames[--other.count];
+		other.lock.unlock();
+	}
+}
+
+// Moves half of a full shard to the shared list.
+void frame_pool::drain(shard &s)
+{
+	for (unsigned i = 0; i < shard_batch; i++)
+		push_free(s.frames[--s.count] & ~frame_used);
+}
+
 result<pfn_t> frame_pool::alloc(alloc_site site)
 {
 	if (should_fail(site)) {
@@ -153,31 +206,32 @@ result<pfn_t> frame_pool::alloc(alloc_site site)
 		return fail(errc::no_memory);
 	}
 
-	std::optional<pfn_t> pfn = pop_free();
-	if (pfn) {
-		// A reused frame holds whatever its last user wrote, and its
-		// lock the statistics of its last use.
-		std::memset(frame_address(*pfn), 0, frame_size);
-		meta_[*pfn].ptl.reset_stats();
-	} else {
-		const uint64_t fresh = next_unused_.fetch_add(1, std::memory_order_relaxed);
-		if (fresh >= nr_frames_) {
-			next_unused_.fetch_sub(1, std::memory_order_relaxed);
+	shard &s = current_shard();
+	uint64_t entry;
+	{
+		sync::spin_guard guard(s.lock);
+		if (s.count == 0)
+			refill(s);
+		if (s.count == 0) {
 			failed_allocs_.fetch_add(1, std::memory_order_relaxed);
 			return fail(errc::no_memory);
 		}
-		// Untouched anonymous memory reads as zero, so a fresh frame
-		// needs no clearing; its metadata is constructed on first use.
-		new (&meta_[fresh]) page();
-		pfn = fresh;
+		entry = s.frames[--s.count];
+		s.in_use_by_site[site_slot(site)]++;
+		s.allocs_by_site[site_slot(site)]++;
 	}
 
-	meta_[*pfn].owner.store(nullptr, std::memory_order_relaxed);
-	meta_[*pfn].state.store(static_cast<uint8_t>(site_slot(site) + 1), std::memory_order_release);
-	in_use_.fetch_add(1, std::memory_order_relaxed);
-	in_use_by_site_[site_slot(site)].fetch_add(1, std::memory_order_relaxed);
-	allocs_by_site_[site_slot(site)].fetch_add(1, std::memory_order_relaxed);
-	return *pfn;
+	const pfn_t pfn = entry & ~frame_used;
+	if (entry & frame_used) {
+		// A reused frame holds whatever its last user wrote, and its
+		// lock the statistics of its last use.
+		std::memset(frame_address(pfn), 0, frame_size);
+		meta_[pfn].ptl.reset_stats();
+	}
+
+	meta_[pfn].owner.store(nullptr, std::memory_order_relaxed);
+	meta_[pfn].state.store(static_cast<uint8_t>(site_slot(site) + 1), std::memory_order_release);
+	return pfn;
 }
 
 void frame_pool::free(pfn_t pfn)
@@ -193,10 +247,13 @@ void frame_pool::free(pfn_t pfn)
 		return;
 	}
 
-	in_use_.fetch_sub(1, std::memory_order_relaxed);
-	in_use_by_site_[state - 1u].fetch_sub(1, std::memory_order_relaxed);
-	frees_.fetch_add(1, std::memory_order_relaxed);
-	push_free(pfn);
+	shard &s = current_shard();
+	sync::spin_guard guard(s.lock);
+	if (s.count == shard_frames)
+		drain(s);
+	s.frames[s.count++] = pfn | frame_used;
+	s.in_use_by_site[state - 1u]--;
+	s.frees++;
 }
 
 std::optional<alloc_site> frame_pool::site_of(pfn_t pfn) const
@@ -212,19 +269,36 @@ std::optional<alloc_site> frame_pool::site_of(pfn_t pfn) const
 
 uint64_t frame_pool::in_use(alloc_site site) const
 {
-	return in_use_by_site_[site_slot(site)].load(std::memory_order_relaxed);
+	int64_t sum = 0;
+	for (unsigned i = 0; i < sync::nr_shards; i++) {
+		sync::spin_guard guard(shards_[i].lock);
+		sum += shards_[i].in_use_by_site[site_slot(site)];
+	}
+	return static_cast<uint64_t>(sum);
+}
+
+uint64_t frame_pool::in_use() const
+{
+	uint64_t sum = 0;
+	for (size_t site = 0; site < nr_sites; site++)
+		sum += in_use(static_cast<alloc_site>(site));
+	return sum;
 }
 
 pool_stats frame_pool::stats() const
 {
 	pool_stats s;
 	s.nr_frames = nr_frames_;
-	s.in_use = in_use_.load(std::memory_order_relaxed);
-	for (size_t i = 0; i < nr_sites; i++) {
-		s.in_use_by_site[i] = in_use_by_site_[i].load(std::memory_order_relaxed);
-		s.allocs_by_site[i] = allocs_by_site_[i].load(std::memory_order_relaxed);
+	for (unsigned i = 0; i < sync::nr_shards; i++) {
+		sync::spin_guard guard(shards_[i].lock);
+		for (size_t site = 0; site < nr_sites; site++) {
+			s.in_use_by_site[site] += static_cast<uint64_t>(shards_[i].in_use_by_site[site]);
+			s.allocs_by_site[site] += shards_[i].allocs_by_site[site];
+		}
+		s.frees += shards_[i].frees;
 	}
-	s.frees = frees_.load(std::memory_order_relaxed);
+	for (size_t site = 0; site < nr_sites; site++)
+		s.in_use += s.in_use_by_site[site];
 	s.failed_allocs = failed_allocs_.load(std::memory_order_relaxed);
 	s.double_frees = double_frees_.load(std::memory_order_relaxed);
 	return s;

@@ -11,6 +11,7 @@
 
 #include <ptl/kernel/vmalloc_area.hpp>
 #include <ptl/kernel/vmap.hpp>
+#include <ptl/sync/sharded_counter.hpp>
 
 #include <atomic>
 #include <memory>
@@ -240,9 +241,9 @@ public:
 	kernel_counters counters() const
 	{
 		kernel_counters c;
-		c.maps = maps_.load(std::memory_order_relaxed);
-		c.map_failures = map_failures_.load(std::memory_order_relaxed);
-		c.pages_mapped = pages_mapped_.load(std::memory_order_relaxed);
+		c.maps = static_cast<uint64_t>(maps_.read());
+		c.map_failures = static_cast<uint64_t>(map_failures_.read());
+		c.pages_mapped = static_cast<uint64_t>(pages_mapped_.read());
 		c.areas_live = areas_.nr_live();
 		return c;
 	}
@@ -277,12 +278,12 @@ private:
 	{
 		auto r = map_kernel_range(*init_mm_, area.addr, area.end(), prot, cursor);
 		if (!r) {
-			map_failures_.fetch_add(1, std::memory_order_relaxed);
+			map_failures_.add(1);
 			return r;
 		}
 
-		maps_.fetch_add(1, std::memory_order_relaxed);
-		pages_mapped_.fetch_add(area.nr_pages(), std::memory_order_relaxed);
+		maps_.add(1);
+		pages_mapped_.add(static_cast<int64_t>(area.nr_pages()));
 		return {};
 	}
 
@@ -299,7 +300,7 @@ private:
 	std::unique_ptr<vm_struct> unmap_and_release(vm_struct *area)
 	{
 		const uint64_t cleared = unmap_kernel_range(*init_mm_, area->addr, area->end());
-		pages_mapped_.fetch_sub(cleared, std::memory_order_relaxed);
+		pages_mapped_.add(-static_cast<int64_t>(cleared));
 		return areas_.release(area);
 	}
 
@@ -326,9 +327,9 @@ private:
 	std::unique_ptr<mm::kernel_mm<G>> init_mm_;
 	vmalloc_area areas_;
 
-	std::atomic<uint64_t> maps_{0};
-	std::atomic<uint64_t> map_failures_{0};
-	std::atomic<uint64_t> pages_mapped_{0};
+	sync::sharded_counter maps_;
+	sync::sharded_counter map_failures_;
+	sync::sharded_counter pages_mapped_;
 };
 
 } // namespace ptl::kernel

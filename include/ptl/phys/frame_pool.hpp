@@ -7,17 +7,22 @@
 // hardware does and the region can serve as a virtual machine's
 // guest-physical memory (guest frame N is pool frame N).
 //
-// Allocation and free are lock-free and may be called from any thread. Each
-// allocation names its site (the level it is for, or data), which drives the
-// per-site accounting and the fault injection.
+// Allocation and free may be called from any thread. Each thread works on a
+// cache of free frames of its own (a shard, as Linux's per-CPU page lists),
+// refilled from and drained to a shared lock-free free list in batches, so
+// that threads on different CPUs do not bounce one cache line per frame.
+// Each allocation names its site (the level it is for, or data), which
+// drives the per-site accounting and the fault injection.
 
 #include <ptl/base/result.hpp>
+#include <ptl/sync/sharded_counter.hpp>
 #include <ptl/sync/spinlock.hpp>
 
 #include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string_view>
 
@@ -100,7 +105,7 @@ public:
 	size_t nr_frames() const { return nr_frames_; }
 
 	pool_stats stats() const;
-	uint64_t in_use() const { return in_use_.load(std::memory_order_relaxed); }
+	uint64_t in_use() const;
 	uint64_t in_use(alloc_site site) const;
 
 	// Commits memory for the first nr_frames frames now, so that a
@@ -122,9 +127,31 @@ public:
 	static frame_pool *pool_of(const void *address);
 
 private:
+	// Frames a shard keeps, and how many it moves to or from the shared
+	// free list at a time.
+	static constexpr unsigned shard_frames = 64;
+	static constexpr unsigned shard_batch = 32;
+
+	// One thread's cache of free frames and its share of the counters.
+	// Bit 63 of a cached entry says the frame was used before and must be
+	// zeroed when it is handed out again.
+	struct alignas(64) shard {
+		sync::spinlock lock;
+		unsigned count = 0;
+		std::array<uint64_t, shard_frames> frames{};
+		std::array<int64_t, nr_sites> in_use_by_site{};
+		std::array<uint64_t, nr_sites> allocs_by_site{};
+		uint64_t frees = 0;
+	};
+	static constexpr uint64_t frame_used = uint64_t{1} << 63;
+
 	bool should_fail(alloc_site site);
 	std::optional<pfn_t> pop_free();
 	void push_free(pfn_t pfn);
+	void refill(shard &s);
+	void steal(shard &s);
+	void drain(shard &s);
+	shard &current_shard() const { return shards_[sync::current_shard()]; }
 	void register_pool();
 	void unregister_pool();
 
@@ -138,10 +165,7 @@ private:
 	std::atomic<uint64_t> next_unused_{0};
 	std::atomic<uint64_t> free_head_{0};
 
-	std::atomic<uint64_t> in_use_{0};
-	std::array<std::atomic<uint64_t>, nr_sites> in_use_by_site_{};
-	std::array<std::atomic<uint64_t>, nr_sites> allocs_by_site_{};
-	std::atomic<uint64_t> frees_{0};
+	std::unique_ptr<shard[]> shards_ = std::make_unique<shard[]>(sync::nr_shards);
 	std::atomic<uint64_t> failed_allocs_{0};
 	std::atomic<uint64_t> double_frees_{0};
 

@@ -15,6 +15,7 @@
 //               only briefly and never while the PTE lock is held.
 
 #include <ptl/mm/mm.hpp>
+#include <ptl/sync/sharded_counter.hpp>
 #include <ptl/user/fault.hpp>
 #include <ptl/user/vma.hpp>
 #include <ptl/user/vma_set.hpp>
@@ -172,7 +173,7 @@ public:
 		if (!access_permitted(*vma, a))
 			return fail(errc::access_fault);
 
-		faults_.fetch_add(1, std::memory_order_relaxed);
+		faults_.add(1);
 		auto outcome = handle_pte_fault(*mm_, *vma, addr & ~(arch::page_size - 1), a);
 		if (!outcome)
 			return fail(outcome.error());
@@ -241,10 +242,10 @@ public:
 	user_counters counters() const
 	{
 		user_counters c;
-		c.faults = faults_.load(std::memory_order_relaxed);
-		c.faults_already_mapped = faults_already_mapped_.load(std::memory_order_relaxed);
-		c.pages_mapped = pages_mapped_.load(std::memory_order_relaxed);
-		c.anon_pages = anon_pages_.load(std::memory_order_relaxed);
+		c.faults = static_cast<uint64_t>(faults_.read());
+		c.faults_already_mapped = static_cast<uint64_t>(faults_already_mapped_.read());
+		c.pages_mapped = static_cast<uint64_t>(pages_mapped_.read());
+		c.anon_pages = static_cast<uint64_t>(anon_pages_.read());
 		return c;
 	}
 
@@ -370,22 +371,22 @@ private:
 	{
 		switch (outcome) {
 		case fault_outcome::mapped_anon:
-			anon_pages_.fetch_add(1, std::memory_order_relaxed);
-			pages_mapped_.fetch_add(1, std::memory_order_relaxed);
+			anon_pages_.add(1);
+			pages_mapped_.add(1);
 			break;
 		case fault_outcome::mapped_pfn:
-			pages_mapped_.fetch_add(1, std::memory_order_relaxed);
+			pages_mapped_.add(1);
 			break;
 		case fault_outcome::already_mapped:
-			faults_already_mapped_.fetch_add(1, std::memory_order_relaxed);
+			faults_already_mapped_.add(1);
 			break;
 		}
 	}
 
 	void account_zap(const zap_counts &counts)
 	{
-		pages_mapped_.fetch_sub(counts.pages, std::memory_order_relaxed);
-		anon_pages_.fetch_sub(counts.anon_pages, std::memory_order_relaxed);
+		pages_mapped_.add(-static_cast<int64_t>(counts.pages));
+		anon_pages_.add(-static_cast<int64_t>(counts.anon_pages));
 	}
 
 	static std::optional<vm_area> copy_of(const vm_area *vma)
@@ -399,10 +400,10 @@ private:
 	mutable std::shared_mutex mmap_lock_;
 	vma_set vmas_;
 
-	std::atomic<uint64_t> faults_{0};
-	std::atomic<uint64_t> faults_already_mapped_{0};
-	std::atomic<uint64_t> pages_mapped_{0};
-	std::atomic<uint64_t> anon_pages_{0};
+	sync::sharded_counter faults_;
+	sync::sharded_counter faults_already_mapped_;
+	sync::sharded_counter pages_mapped_;
+	sync::sharded_counter anon_pages_;
 };
 
 } // namespace ptl::user
