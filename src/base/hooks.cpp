@@ -18,6 +18,24 @@ std::string_view point_name(point p)
 		return "populate_locked";
 	case point::fault_locked:
 		return "fault_locked";
+	case point::populate_before_publish:
+		return "populate_before_publish";
+	case point::populate_published:
+		return "populate_published";
+	case point::populate_free_loser:
+		return "populate_free_loser";
+	case point::pte_before_install:
+		return "pte_before_install";
+	case point::zap_before_clear:
+		return "zap_before_clear";
+	case point::zap_before_free:
+		return "zap_before_free";
+	case point::vmap_before_set:
+		return "vmap_before_set";
+	case point::vunmap_before_clear:
+		return "vunmap_before_clear";
+	case point::lock_spin:
+		return "lock_spin";
 	}
 	return "unknown";
 }

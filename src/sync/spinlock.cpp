@@ -1,5 +1,7 @@
 #include <ptl/sync/spinlock.hpp>
 
+#include <ptl/base/hooks.hpp>
+
 #include <cassert>
 #include <chrono>
 #include <thread>
@@ -20,6 +22,11 @@ void spinlock::lock_contended()
 
 	do {
 		while (locked_.load(std::memory_order_relaxed)) {
+			// In test builds a scheduler that runs one thread at a
+			// time switches away here, or the holder, which it has
+			// paused, could never release the lock.
+			PTL_HOOK_LOCK_SPIN(this);
+
 			// Yield now and then so a preempted holder on a machine
 			// with few cores can run and release the lock.
 			if (++spins % 128 == 0)

@@ -10,6 +10,7 @@
 // map_kernel_range and unmap_kernel_range keep init_mm's page_table_lock
 // across the whole walk, and the allocators drop it around each allocation.
 
+#include <ptl/base/hooks.hpp>
 #include <ptl/mm/populate.hpp>
 
 #include <cassert>
@@ -106,6 +107,7 @@ result<void> vmap_pte_range(mm::kernel_pmd<G> pmd, uint64_t addr, uint64_t end, 
 
 	slot_t<G> *slot = *pte;
 	do {
+		PTL_HOOK(hooks::point::vmap_before_set, arch::level_index(level::pte), addr, nullptr);
 		auto r = set_kernel_pte<G>(slot, cursor.pfn_at(addr), prot);
 		if (!r)
 			return r;
@@ -180,6 +182,8 @@ uint64_t vunmap_pte_range(mm::kernel_mm<G> &init_mm, slot_t<G> *pmd, uint64_t ad
 
 	slot_t<G> *slot = mm::entry_offset(init_mm, pmd, level::pte, addr);
 	do {
+		PTL_HOOK(hooks::point::vunmap_before_clear, arch::level_index(level::pte), addr, &init_mm);
+
 		// Relaxed is enough: the range stays reserved until its owner
 		// releases it under the area allocator's lock, and that lock
 		// orders this store before the next owner's map.

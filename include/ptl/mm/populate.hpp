@@ -62,6 +62,7 @@ bool publish_locked(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, lev
 	if (!G::format::none(parent->load(std::memory_order_relaxed)))
 		return false;
 #endif
+	PTL_HOOK(hooks::point::populate_before_publish, arch::level_index(l), 0, &mm);
 
 	mm.account_table(l, +1);
 	mm.note_populate();
@@ -70,6 +71,7 @@ bool publish_locked(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, lev
 	// translate, the fast path of alloc_level): it sees the zeroed table,
 	// and the owner recorded in its page, before it sees the entry.
 	parent->store(table_entry(mm, new_table), std::memory_order_release);
+	PTL_HOOK(hooks::point::populate_published, arch::level_index(l), 0, &mm);
 	return true;
 }
 
@@ -78,6 +80,7 @@ template <class G>
 bool publish_cas(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, level l, pfn_t new_table)
 {
 	typename G::entry_t expected = 0;
+	PTL_HOOK(hooks::point::populate_before_publish, arch::level_index(l), 0, &mm);
 
 	// Release on success pairs with the walkers' acquire loads, as in
 	// publish_locked; on failure we only learn that someone else won.
@@ -87,6 +90,7 @@ bool publish_cas(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, level 
 
 	mm.account_table(l, +1);
 	mm.note_populate();
+	PTL_HOOK(hooks::point::populate_published, arch::level_index(l), 0, &mm);
 	return true;
 }
 
@@ -105,10 +109,32 @@ bool publish_table(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, leve
 		break;
 	}
 
+#if defined(PTL_MUTANT_WRONG_LOCK)
+	// Broken on purpose: in split mode a PTE table is populated under its
+	// own new table's lock, which no racing populate of the same pmd entry
+	// takes, instead of the lock of the pmd table that holds the entry.
+	sync::spin_guard guard(l == level::pte && mm.split_pmd() ? mm.pool().page_of(new_table).ptl
+								   : populate_lock(mm, parent, l));
+#else
 	sync::spin_guard guard(populate_lock(mm, parent, l));
+#endif
 	PTL_HOOK(hooks::point::populate_locked, arch::level_index(l), 0, &mm);
 	return publish_locked(mm, parent, l, new_table);
 }
+
+#if defined(PTL_MUTANT_ZERO_AFTER_PUBLISH)
+// Broken on purpose: the new table contains stale entries until populate
+// zeroes it, after publishing it. Each stale entry is present and points at the
+// table itself, so a walker that reads one stays inside the pool.
+template <class G>
+void fill_table(mm_struct<G> &mm, pfn_t table, typename G::entry_t value)
+{
+	typename mm_struct<G>::slot_t *slots = mm.table(table);
+
+	for (size_t i = 0; i < phys::frame_size / sizeof(value); i++)
+		slots[i].store(value, std::memory_order_relaxed);
+}
+#endif
 
 // Allocates a table for level l and records its owner. In legacy mode the
 // caller's page_table_lock is dropped around the allocation, as Linux's
@@ -128,6 +154,9 @@ result<pfn_t> alloc_table(mm_struct<G> &mm, level l, uint64_t addr) PTL_NO_THREA
 	auto table = mm.pool().alloc(site_for(l));
 	if (table) {
 		mm.pool().page_of(*table).owner.store(&mm, std::memory_order_relaxed);
+#if defined(PTL_MUTANT_ZERO_AFTER_PUBLISH)
+		fill_table(mm, *table, table_entry(mm, *table));
+#endif
 		PTL_HOOK(hooks::point::populate_after_alloc, arch::level_index(l), addr, &mm);
 	}
 
@@ -149,12 +178,22 @@ result<void> populate(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, l
 	if (!new_table)
 		return fail(new_table.error());
 
-	if (detail::publish_table(mm, parent, l, *new_table))
+	if (detail::publish_table(mm, parent, l, *new_table)) {
+#if defined(PTL_MUTANT_ZERO_AFTER_PUBLISH)
+		detail::fill_table(mm, *new_table, typename G::entry_t{0});
+#endif
 		return {};
+	}
 
 	// Outside legacy mode this runs after the lock is dropped. Nobody
 	// else ever saw this table, so it needs no grace period.
+	PTL_HOOK(hooks::point::populate_free_loser, arch::level_index(l), addr, &mm);
+#if !defined(PTL_MUTANT_LEAK_LOSER)
 	mm.pool().free(*new_table);
+#endif
+#if defined(PTL_MUTANT_DOUBLE_FREE_LOSER)
+	mm.pool().free(*new_table);
+#endif
 	mm.note_race_lost();
 	return {};
 }

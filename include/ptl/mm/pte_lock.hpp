@@ -119,6 +119,7 @@ template <class G>
 bool pte_install(mm_struct<G> &mm, const pte_map<G> &map, typename G::entry_t expected,
 		 typename G::entry_t new_value) PTL_REQUIRES(map)
 {
+	PTL_HOOK(hooks::point::pte_before_install, arch::level_index(level::pte), 0, &mm);
 	if (mm.mode() == lock_mode::lockless)
 		return map.pte->compare_exchange_strong(expected, new_value, std::memory_order_release,
 							std::memory_order_relaxed);

@@ -6,6 +6,7 @@
 // PFN-mapped VMA are not the pool's, so they are left alone. Callers hold
 // the mmap_lock exclusively, so no fault can refill the range meanwhile.
 
+#include <ptl/base/hooks.hpp>
 #include <ptl/mm/pte_lock.hpp>
 #include <ptl/user/vma.hpp>
 
@@ -67,6 +68,8 @@ void zap_pte_range(mm::mm_struct<G> &mm, const vm_area &vma, typename mm::mm_str
 	mm::pte_offset_map_lock(mm, pmd, addr, map);
 
 	for (unsigned i = 0; addr != end; addr += arch::page_size, i++) {
+		PTL_HOOK(hooks::point::zap_before_clear, arch::level_index(level::pte), addr, &mm);
+
 		// An exchange, so that in lockless mode a racing fault's entry
 		// is either cleared here or not there yet.
 		const auto cleared = mm::pte_get_and_clear(map, i);
@@ -115,6 +118,7 @@ zap_counts zap_page_range(mm::mm_struct<G> &mm, const vm_area &vma, uint64_t sta
 
 		// The frames are freed after the PTE lock is dropped, as Linux
 		// frees pages from its mmu_gather batch outside the lock.
+		PTL_HOOK(hooks::point::zap_before_free, arch::level_index(level::pte), addr, &mm);
 		detail::free_gathered(mm.pool(), gather);
 		addr = next;
 	}
