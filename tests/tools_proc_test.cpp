@@ -1,6 +1,8 @@
 // Tests for the /proc readers and the demo child.
 
 #include "ptl/tools/proc.hpp"
+#include "ptl/tools/replay.hpp"
+#include "ptl/tools/vmallocinfo.hpp"
 
 #include <gtest/gtest.h>
 
@@ -12,7 +14,9 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <optional>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <system_error>
 #include <unistd.h>
 #include <vector>
@@ -743,6 +747,391 @@ TEST(DemoChild, ReportsFailedMmap)
 		EXPECT_EQ(error.code(), std::errc::not_enough_memory);
 		EXPECT_PRED_FORMAT2(testing::IsSubstring, "mmap", error.what());
 	}
+}
+
+std::string vmalloc_error(std::string_view text)
+{
+	return input_error_message([&] { parse_vmallocinfo(text, "test/vmallocinfo"); });
+}
+
+// Lines as a kernel prints them for a reader allowed to see the addresses.
+constexpr std::string_view visible_vmallocinfo =
+	"0xffffc90000000000-0xffffc90000005000   20480 irq_init_percpu_irqstack+0xed/0x120 vmap\n"
+	"0xffffc90000005000-0xffffc90000007000    8192 acpi_os_map_iomem+0x1bc/0x1e0 phys=0x00000000000a0000 ioremap\n"
+	"0xffffc90000008000-0xffffc9000000d000   20480 kernel_clone+0xb8/0x400 pages=4 vmalloc N0=4\n"
+	"0xffffc9000000d000-0xffffc90000010000   12288 bpf_prog_alloc+0x4a/0x2a0 [bpf_mod] pages=2 vmalloc vpages N0=1 N1=1\n"
+	"0xffffc90000010000-0xffffc90000012000    8192 unpurged vm_area\n"
+	"0xffffc90000012000-0xffffc90000016000   16384 vm_map_ram\n"
+	"0xffffc90000020000-0xffffc90000221000 2101248 0xffffffffc0a01234 pages=512 vmalloc user dma-coherent sparse N0=512\n";
+
+TEST(ProcVmallocinfo, ParsesVisibleAddresses)
+{
+	const vmallocinfo info = parse_vmallocinfo(visible_vmallocinfo, "test/vmallocinfo");
+	EXPECT_TRUE(info.addresses_visible);
+	ASSERT_EQ(info.areas.size(), 7u);
+
+	const vmalloc_area &vmap = info.areas[0];
+	EXPECT_EQ(vmap.start, 0xffffc90000000000u);
+	EXPECT_EQ(vmap.end, 0xffffc90000005000u);
+	EXPECT_EQ(vmap.size, 20480u);
+	EXPECT_EQ(vmap.caller, "irq_init_percpu_irqstack+0xed/0x120");
+	EXPECT_TRUE(vmap.vmap);
+	EXPECT_FALSE(vmap.vmalloc);
+	EXPECT_FALSE(vmap.pages.has_value());
+
+	EXPECT_TRUE(info.areas[1].ioremap);
+	EXPECT_EQ(info.areas[1].phys, 0xa0000u);
+
+	const vmalloc_area &vmalloc = info.areas[2];
+	EXPECT_TRUE(vmalloc.vmalloc);
+	EXPECT_EQ(vmalloc.pages, 4u);
+	ASSERT_EQ(vmalloc.nodes.size(), 1u);
+	EXPECT_EQ(vmalloc.nodes[0].node, 0u);
+	EXPECT_EQ(vmalloc.nodes[0].pages, 4u);
+
+	EXPECT_EQ(info.areas[3].caller, "bpf_prog_alloc+0x4a/0x2a0 [bpf_mod]");
+	EXPECT_TRUE(info.areas[3].vpages);
+	ASSERT_EQ(info.areas[3].nodes.size(), 2u);
+	EXPECT_EQ(info.areas[3].nodes[1].node, 1u);
+
+	EXPECT_TRUE(info.areas[4].unpurged);
+	EXPECT_EQ(info.areas[4].caller, "");
+	EXPECT_TRUE(info.areas[5].vm_map_ram);
+
+	const vmalloc_area &last = info.areas[6];
+	EXPECT_EQ(last.caller, "0xffffffffc0a01234");
+	EXPECT_TRUE(last.user);
+	EXPECT_TRUE(last.dma_coherent);
+	EXPECT_TRUE(last.sparse);
+	EXPECT_TRUE(last.other_flags.empty());
+}
+
+// kptr_restrict 0 hashes %pK addresses into 32-bit values that bear no
+// relation to the size; these lines come from a Linux 6.18 machine.
+TEST(ProcVmallocinfo, AcceptsHashedAddresses)
+{
+	const vmallocinfo info = parse_vmallocinfo(
+		"0x0000000048bc5168-0x00000000fbb439d1   20480 irq_init_percpu_irqstack+0xed/0x120 vmap\n"
+		"0x000000008f3577b6-0x0000000082b9487f   20480 kernel_clone+0xb8/0x400 pages=4 vmalloc N0=4\n"
+		"0x0000000000b43117-0x00000000b6076acc    8192 unpurged vm_area\n",
+		"test/vmallocinfo");
+	EXPECT_FALSE(info.addresses_visible);
+	ASSERT_EQ(info.areas.size(), 3u);
+	EXPECT_EQ(info.areas[1].pages, 4u);
+}
+
+TEST(ProcVmallocinfo, AcceptsZeroAddresses)
+{
+	const vmallocinfo info = parse_vmallocinfo(
+		"0x0000000000000000-0x0000000000000000   20480 kernel_clone+0xb8/0x400 pages=4 vmalloc N0=4\n"
+		"0x0000000000000000-0x0000000000000000 2097152 pcpu_get_vm_areas+0x0/0x1060 vmalloc\n",
+		"test/vmallocinfo");
+	EXPECT_FALSE(info.addresses_visible);
+	EXPECT_EQ(info.areas.size(), 2u);
+}
+
+TEST(ProcVmallocinfo, KeepsUnknownFlagWords)
+{
+	const vmallocinfo info = parse_vmallocinfo(
+		"0xffffc90000000000-0xffffc90000002000 8192 f+0x1/0x2 vmalloc huge_vmap new-flag\n", "test/vmallocinfo");
+	ASSERT_EQ(info.areas.size(), 1u);
+	EXPECT_EQ(info.areas[0].other_flags, (std::vector<std::string>{"huge_vmap", "new-flag"}));
+}
+
+TEST(ProcVmallocinfo, AcceptsEmptyText)
+{
+	const vmallocinfo info = parse_vmallocinfo("", "test/vmallocinfo");
+	EXPECT_TRUE(info.areas.empty());
+	EXPECT_FALSE(info.addresses_visible);
+}
+
+TEST(ProcVmallocinfo, RejectsMalformedRange)
+{
+	EXPECT_EQ(vmalloc_error("ffffc90000000000-ffffc90000002000 8192 vmalloc\n"),
+		  "test/vmallocinfo:1: malformed address range 'ffffc90000000000-ffffc90000002000' (expected "
+		  "0xHEX-0xHEX)");
+}
+
+TEST(ProcVmallocinfo, RejectsOverflowingAddress)
+{
+	EXPECT_PRED_FORMAT2(testing::IsSubstring, "test/vmallocinfo:1: malformed address range",
+			    vmalloc_error("0x1000-0x10000000000000000 8192 vmalloc\n"));
+}
+
+TEST(ProcVmallocinfo, RejectsMalformedSize)
+{
+	EXPECT_EQ(vmalloc_error("0x0-0x0 81x2 vmalloc\n"),
+		  "test/vmallocinfo:1: malformed size '81x2' (expected a decimal number of bytes)");
+}
+
+TEST(ProcVmallocinfo, RejectsZeroSize)
+{
+	EXPECT_EQ(vmalloc_error("0x0-0x0 0 vmalloc\n"),
+		  "test/vmallocinfo:1: size 0 is not a positive multiple of 4096 bytes");
+}
+
+TEST(ProcVmallocinfo, RejectsUnalignedSize)
+{
+	EXPECT_EQ(vmalloc_error("0x0-0x0 4097 vmalloc\n"),
+		  "test/vmallocinfo:1: size 4097 is not a positive multiple of 4096 bytes");
+}
+
+TEST(ProcVmallocinfo, RejectsHugeSize)
+{
+	EXPECT_PRED_FORMAT2(testing::IsSubstring, "test/vmallocinfo:1: size 18446744073709547520 exceeds the limit",
+			    vmalloc_error("0x0-0x0 18446744073709547520 vmalloc\n"));
+}
+
+TEST(ProcVmallocinfo, RejectsTruncatedLine)
+{
+	EXPECT_PRED_FORMAT2(testing::IsSubstring, "test/vmallocinfo:2: truncated line '0x0-0x0'",
+			    vmalloc_error("0x0-0x0 8192 vmalloc\n0x0-0x0\n"));
+}
+
+TEST(ProcVmallocinfo, RejectsEmptyLine)
+{
+	EXPECT_PRED_FORMAT2(testing::IsSubstring, "test/vmallocinfo:2: empty line",
+			    vmalloc_error("0x0-0x0 8192 vmalloc\n\n0x0-0x0 8192 vmalloc\n"));
+}
+
+TEST(ProcVmallocinfo, RejectsPagesBeyondSize)
+{
+	EXPECT_EQ(vmalloc_error("0x0-0x0 8192 f+0x1/0x2 pages=3 vmalloc N0=3\n"),
+		  "test/vmallocinfo:1: pages=3 does not fit in size 8192 (2 pages at most)");
+}
+
+TEST(ProcVmallocinfo, RejectsNodeCountsThatDisagree)
+{
+	EXPECT_EQ(vmalloc_error("0x0-0x0 20480 f+0x1/0x2 pages=4 vmalloc N0=1 N1=2\n"),
+		  "test/vmallocinfo:1: node counts add up to 3, not pages=4");
+	EXPECT_EQ(vmalloc_error("0x0-0x0 20480 f+0x1/0x2 pages=4 vmalloc N0=3 N1=18446744073709551615\n"),
+		  "test/vmallocinfo:1: node counts add up to more than pages=4");
+}
+
+TEST(ProcVmallocinfo, RejectsNodesWithoutPages)
+{
+	EXPECT_EQ(vmalloc_error("0x0-0x0 20480 f+0x1/0x2 vmalloc N0=4\n"),
+		  "test/vmallocinfo:1: node fields without a pages= field");
+}
+
+TEST(ProcVmallocinfo, RejectsNodeAboveLimit)
+{
+	EXPECT_PRED_FORMAT2(testing::IsSubstring, "test/vmallocinfo:1: node 1024 in 'N1024=4' is not below the limit",
+			    vmalloc_error("0x0-0x0 20480 pages=4 vmalloc N1024=4\n"));
+}
+
+TEST(ProcVmallocinfo, RejectsDuplicateFields)
+{
+	EXPECT_EQ(vmalloc_error("0x0-0x0 20480 pages=4 pages=4\n"), "test/vmallocinfo:1: duplicate pages field");
+	EXPECT_EQ(vmalloc_error("0x0-0x0 20480 vmalloc vmalloc\n"), "test/vmallocinfo:1: duplicate 'vmalloc' flag");
+	EXPECT_EQ(vmalloc_error("0x0-0x0 20480 pages=4 N0=2 N0=2\n"),
+		  "test/vmallocinfo:1: duplicate node field for node 0");
+}
+
+TEST(ProcVmallocinfo, RejectsMalformedFieldValues)
+{
+	EXPECT_EQ(vmalloc_error("0x0-0x0 8192 phys=a0000 ioremap\n"),
+		  "test/vmallocinfo:1: malformed phys value 'a0000' (expected 0x followed by hexadecimal digits)");
+	EXPECT_EQ(vmalloc_error("0x0-0x0 8192 pages=-1\n"),
+		  "test/vmallocinfo:1: malformed pages value '-1' (expected a decimal number)");
+	EXPECT_EQ(vmalloc_error("0x0-0x0 8192 pages=1 N0=x\n"),
+		  "test/vmallocinfo:1: malformed node field 'N0=x' (expected N<node>=<pages>)");
+}
+
+TEST(ProcVmallocinfo, RejectsGarbageBytes)
+{
+	const std::string message = vmalloc_error(std::string("0x0-0x0 8192 \x01\xff\x7f garbage\n", 27));
+	EXPECT_EQ(message, "test/vmallocinfo:1: unexpected field '\\x01\xff\\x7f' (expected a caller, pages=, phys=, "
+			   "N<node>=<pages> or a lowercase flag word)");
+}
+
+TEST(ProcVmallocinfo, RejectsTooManyUnknownFlags)
+{
+	std::string line = "0x0-0x0 8192";
+	for (int i = 0; i <= 16; i++)
+		line += " flag" + std::to_string(i);
+	EXPECT_EQ(vmalloc_error(line), "test/vmallocinfo:1: more than 16 unknown flag words");
+}
+
+TEST(ProcVmallocinfo, RejectsInvertedVisibleRange)
+{
+	EXPECT_EQ(vmalloc_error("0xffffc90000000000-0xffffc90000002000 8192 vmalloc\n"
+				"0xffffc90000006000-0xffffc90000004000 8192 vmalloc\n"),
+		  "test/vmallocinfo:2: empty or inverted address range '0xffffc90000006000-0xffffc90000004000' (start "
+		  "must be below end)");
+}
+
+TEST(ProcVmallocinfo, RejectsUnalignedVisibleRange)
+{
+	EXPECT_EQ(vmalloc_error("0xffffc90000000000-0xffffc90000002000 8192 vmalloc\n"
+				"0xffffc90000004800-0xffffc90000006800 8192 vmalloc\n"),
+		  "test/vmallocinfo:2: address range '0xffffc90000004800-0xffffc90000006800' is not aligned to 4096 "
+		  "bytes");
+}
+
+TEST(ProcVmallocinfo, RejectsRangeThatDisagreesWithSize)
+{
+	EXPECT_PRED_FORMAT2(testing::IsSubstring,
+			    "test/vmallocinfo:2: address range '0xffffc90000004000-0xffffc90000008000' spans 16384 "
+			    "bytes but the size field is 8192",
+			    vmalloc_error("0xffffc90000000000-0xffffc90000002000 8192 vmalloc\n"
+					  "0xffffc90000004000-0xffffc90000008000 8192 vmalloc\n"));
+}
+
+TEST(ProcVmallocinfo, RejectsOverlappingRanges)
+{
+	EXPECT_EQ(vmalloc_error("0xffffc90000004000-0xffffc90000008000 16384 vmalloc\n"
+				"0xffffc90000010000-0xffffc90000012000 8192 vmalloc\n"
+				"0xffffc90000000000-0xffffc90000006000 24576 vmalloc\n"),
+		  "test/vmallocinfo:1: address range '0xffffc90000004000-0xffffc90000008000' overlaps "
+		  "'0xffffc90000000000-0xffffc90000006000' on line 3");
+}
+
+TEST(ProcVmallocinfo, AcceptsUnsortedRanges)
+{
+	const vmallocinfo info = parse_vmallocinfo("0xffffc90000010000-0xffffc90000012000 8192 vmalloc\n"
+						   "0xffffc90000000000-0xffffc90000002000 8192 vmalloc\n",
+						   "test/vmallocinfo");
+	EXPECT_TRUE(info.addresses_visible);
+	EXPECT_EQ(info.areas.size(), 2u);
+}
+
+TEST(ProcVmallocinfo, RejectsLongLine)
+{
+	const std::string line = "0x0-0x0 8192 " + std::string(vmallocinfo_max_line_bytes, 'a');
+	EXPECT_EQ(vmalloc_error(line), "test/vmallocinfo:1: line of 4109 bytes exceeds the limit of 4096 bytes");
+}
+
+TEST(ProcVmallocinfo, RejectsTooManyLines)
+{
+	std::string text;
+	const std::string line = "0x0-0x0 8192 vmalloc\n";
+	text.reserve((vmallocinfo_max_lines + 1) * line.size());
+	for (size_t i = 0; i <= vmallocinfo_max_lines; i++)
+		text += line;
+	EXPECT_PRED_FORMAT2(testing::IsSubstring, "test/vmallocinfo:4000001: more than 4000000 lines", vmalloc_error(text));
+}
+
+TEST(ProcVmallocinfo, ReadsKernelFile)
+{
+	if (access("/proc/vmallocinfo", R_OK) != 0)
+		GTEST_SKIP() << "/proc/vmallocinfo is readable by root only";
+
+	const vmallocinfo info = read_vmallocinfo();
+	EXPECT_FALSE(info.areas.empty());
+	uint64_t vmalloc_areas = 0;
+	for (const vmalloc_area &area : info.areas)
+		vmalloc_areas += area.vmalloc ? 1 : 0;
+	EXPECT_GT(vmalloc_areas, 0u);
+}
+
+TEST(ProcVmallocinfo, ReadRejectsMissingFile)
+{
+	const std::string message = input_error_message([] { read_vmallocinfo("/nonexistent/vmallocinfo"); });
+	EXPECT_EQ(message, "/nonexistent/vmallocinfo: cannot open: No such file or directory");
+}
+
+TEST(ProcMaps, RejectsGarbageBytes)
+{
+	const std::string message = maps_error(std::string("\x7f" "ELF\x02\x01\x01\0\0\0 \xff\xfe\n", 16));
+	EXPECT_EQ(message, "test/maps:1: truncated line '\\x7fELF\\x02\\x01\\x01\\x00\\x00\\x00 \xff\xfe' (expected "
+			   "'START-END PERMS OFFSET DEV INODE [PATH]')");
+}
+
+TEST(ProcMaps, AcceptsWholeAddressSpace)
+{
+	const std::vector<vma_record> vmas = parse_maps("0-fffffffffffff000 rw-p 00000000 00:00 0\n", "test/maps");
+	ASSERT_EQ(vmas.size(), 1u);
+	EXPECT_EQ(vmas[0].pages(), (uint64_t{1} << 52) - 1);
+}
+
+TEST(ProcStatus, RejectsGarbageBytes)
+{
+	EXPECT_PRED_FORMAT2(testing::IsSubstring, "test/status:1: malformed line '\\x7fELF\\x02'",
+			    status_error(std::string("\x7f" "ELF\x02\nName:\tx\n", 15)));
+}
+
+TEST(ProcStatus, ParsesState)
+{
+	EXPECT_EQ(parse_status("Name:\tcat\nState:\tR (running)\n", "test/status").state, 'R');
+	EXPECT_EQ(parse_status("Name:\tcat\n", "test/status").state, 0);
+}
+
+TEST(ProcStatus, RejectsMalformedState)
+{
+	EXPECT_EQ(status_error("Name:\tcat\nState:\t\n"),
+		  "test/status:2: malformed State value '\\x09' (expected an upper-case letter such as 'S')");
+	EXPECT_EQ(status_error("Name:\tcat\nState:\tS\nState:\tS\n"), "test/status:3: duplicate State field");
+}
+
+TEST(ProcStatus, RejectsZombie)
+{
+	const status_record status = parse_status("Name:\tcat\nState:\tZ (zombie)\n", "test/status");
+	const std::string message = input_error_message([&] { check_user_address_space(77, status); });
+	EXPECT_EQ(message, "process 77 (cat) exited while it was read (its state is Z); choose a process that keeps "
+			   "running");
+}
+
+TEST(ProcStatus, RejectsKernelThread)
+{
+	const status_record status = parse_status("Name:\tkthreadd\nState:\tS (sleeping)\n", "test/status");
+	const std::string message = input_error_message([&] { check_user_address_space(2, status); });
+	EXPECT_EQ(message, "process 2 (kthreadd) has no user address space (a kernel thread, or a process that "
+			   "exited while it was read)");
+}
+
+TEST(ProcStatus, AcceptsUserProcess)
+{
+	const status_record status = parse_status(realistic_status, "test/status");
+	EXPECT_NO_THROW(check_user_address_space(3307, status));
+}
+
+// A process that exits after its pagemap was opened: the next read finds no
+// address space and reports a short read that names the file and offset.
+TEST(PagemapReader, RejectsProcessThatExitsMidRead)
+{
+	int pid = 0;
+	uint64_t start = 0;
+	std::optional<pagemap_reader> reader;
+	{
+		const demo_child child(4 * page_bytes);
+		pid = child.pid();
+		start = child.region_start();
+		reader.emplace(child.pid());
+		std::vector<pagemap_entry> entries(4);
+		reader->read(start, entries);
+		EXPECT_TRUE(entries[0].present);
+	}
+
+	std::vector<pagemap_entry> entries(4);
+	const std::string message = input_error_message([&] { reader->read(start, entries); });
+	EXPECT_PRED_FORMAT2(testing::IsSubstring, fmt::format("/proc/{}/pagemap:offset {}:", pid, start / page_bytes * 8),
+			    message);
+}
+
+TEST(ProcessImage, RejectsZombie)
+{
+	const pid_t pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0)
+		_exit(0);
+
+	siginfo_t info{};
+	ASSERT_EQ(waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOWAIT), 0);
+	const std::string message = input_error_message([&] { read_process_image(pid, false); });
+	waitpid(pid, nullptr, 0);
+	EXPECT_PRED_FORMAT2(testing::IsSubstring, "exited while it was read", message);
+}
+
+TEST(ProcessImage, RejectsKernelThread)
+{
+	const std::string name = read_text_file("/proc/2/comm");
+	if (name != "kthreadd\n")
+		GTEST_SKIP() << "PID 2 is not kthreadd in this PID namespace";
+
+	const std::string message = input_error_message([] { read_process_image(2, false); });
+	EXPECT_PRED_FORMAT2(testing::IsSubstring, "process 2 ", message);
+	EXPECT_PRED_FORMAT2(testing::IsSubstring, "has no user address space", message);
 }
 
 } // namespace

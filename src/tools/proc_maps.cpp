@@ -63,10 +63,18 @@ int open_read_only(const std::string &path, int pid)
 		return fd;
 
 	const int error = errno;
-	if (pid > 0 && (error == ENOENT || error == ESRCH))
+	if (pid > 0 && error == ENOENT)
 		throw input_error(fmt::format("no such process: {} ({} not found). Check the PID and that the "
 					      "process is still running.",
 					      pid, path));
+
+	// The kernel returns ESRCH for pagemap of a process without an address
+	// space: a kernel thread, or a process that has exited but is not
+	// reaped yet.
+	if (pid > 0 && error == ESRCH)
+		throw input_error(fmt::format("process {} has no user address space: it is a kernel thread or it "
+					      "exited while it was read ({}: {})",
+					      pid, path, std::strerror(error)));
 
 	if (pid > 0 && (error == EACCES || error == EPERM))
 		throw input_error(fmt::format("{}: cannot open: {} (reading it needs ptrace access: run as the "
@@ -75,15 +83,16 @@ int open_read_only(const std::string &path, int pid)
 	throw input_error(fmt::format("{}: cannot open: {}", path, std::strerror(error)));
 }
 
-std::string read_proc_text(int pid, std::string_view file, size_t max_bytes)
-{
-	const std::string path = proc_path(pid, file);
-	const fd_guard fd(open_read_only(path, pid));
+namespace {
 
+// Reads fd to its end. A /proc file reports size 0, so the length is known
+// only once read returns 0.
+std::string read_to_end(int fd, const std::string &path, size_t max_bytes)
+{
 	std::string text;
 	char buffer[64 * 1024];
 	for (;;) {
-		const ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
+		const ssize_t n = ::read(fd, buffer, sizeof(buffer));
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
@@ -95,6 +104,30 @@ std::string read_proc_text(int pid, std::string_view file, size_t max_bytes)
 			throw input_error(fmt::format("{}: file is longer than the limit of {} bytes", path, max_bytes));
 		text.append(buffer, static_cast<size_t>(n));
 	}
+}
+
+} // namespace
+
+std::string read_proc_text(int pid, std::string_view file, size_t max_bytes)
+{
+	const std::string path = proc_path(pid, file);
+	const fd_guard fd(open_read_only(path, pid));
+
+	return read_to_end(fd.get(), path, max_bytes);
+}
+
+std::string read_text_file(const std::string &path, size_t max_bytes, std::string_view access_hint)
+{
+	const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		const int error = errno;
+		const bool denied = error == EACCES || error == EPERM;
+		throw input_error(fmt::format("{}: cannot open: {}{}{}", path, std::strerror(error),
+					      denied && !access_hint.empty() ? " " : "", denied ? access_hint : ""));
+	}
+	const fd_guard guard(fd);
+
+	return read_to_end(fd, path, max_bytes);
 }
 
 } // namespace detail

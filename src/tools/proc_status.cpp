@@ -68,6 +68,19 @@ void store_name(const line_context &where, std::string_view value, std::optional
 	name = std::string(value);
 }
 
+// The kernel writes "State:\t<letter> (<word>)".
+void store_state(const line_context &where, std::string_view value, status_record &status)
+{
+	if (status.state != 0)
+		where.fail("duplicate State field");
+
+	const std::string_view text = trim_leading_blanks(value);
+	if (text.empty() || text.front() < 'A' || text.front() > 'Z')
+		where.fail(fmt::format("malformed State value {} (expected an upper-case letter such as 'S')",
+				       quote(value)));
+	status.state = text.front();
+}
+
 void parse_line(const line_context &where, std::string_view line, std::optional<std::string> &name,
 		status_record &status)
 {
@@ -80,6 +93,8 @@ void parse_line(const line_context &where, std::string_view line, std::optional<
 
 	if (key == "Name")
 		store_name(where, value, name);
+	else if (key == "State")
+		store_state(where, value, status);
 	else if (key == "VmPTE")
 		store_kib(where, key, value, status.vm_pte_kib);
 	else if (key == "VmRSS")
@@ -109,6 +124,19 @@ status_record parse_status(std::string_view text, std::string_view source)
 		throw input_error(fmt::format("{}: missing Name field (expected the text of /proc/PID/status)", source));
 	status.name = std::move(*name);
 	return status;
+}
+
+void check_user_address_space(int pid, const status_record &status)
+{
+	if (status.state == 'Z' || status.state == 'X')
+		throw input_error(fmt::format("process {} ({}) exited while it was read (its state is {}); choose "
+					      "a process that keeps running",
+					      pid, status.name, status.state));
+
+	if (!status.vm_rss_kib)
+		throw input_error(fmt::format("process {} ({}) has no user address space (a kernel thread, or a "
+					      "process that exited while it was read)",
+					      pid, status.name));
 }
 
 status_record read_status(int pid)

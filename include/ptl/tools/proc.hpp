@@ -70,6 +70,7 @@ std::vector<vma_record> read_maps(int pid);
 // The fields of /proc/PID/status that ptl uses.
 struct status_record {
 	std::string name;                    // Name:, the command name as the kernel escapes it
+	char state = 0;                      // first letter of State:, e.g. 'S' or 'Z'; 0 when absent
 	std::optional<uint64_t> vm_pte_kib;  // VmPTE:, page-table memory in KiB
 	std::optional<uint64_t> vm_rss_kib;  // VmRSS:, resident memory in KiB
 	std::optional<uint64_t> vm_size_kib; // VmSize:, virtual size in KiB
@@ -84,6 +85,11 @@ status_record parse_status(std::string_view text, std::string_view source);
 // Reads and parses /proc/PID/status. Throws input_error "no such process: PID"
 // when the process does not exist.
 status_record read_status(int pid);
+
+// Throws input_error when status describes a process without a user address
+// space: a zombie, which exited while it was read, or a kernel thread. The
+// kernel omits the Vm fields for both.
+void check_user_address_space(int pid, const status_record &status);
 
 // One decoded /proc/PID/pagemap entry, as the kernel's
 // Documentation/admin-guide/mm/pagemap.rst describes it.
@@ -197,13 +203,20 @@ std::string proc_path(int pid, std::string_view file);
 
 // Opens path read-only and returns the file descriptor. Throws input_error
 // "no such process: PID" when pid is positive and the file does not exist,
-// and input_error naming the path and strerror on any other failure.
+// "process PID has no user address space" when the kernel returns ESRCH (the
+// pagemap of a kernel thread or a zombie), and input_error naming the path
+// and strerror on any other failure.
 int open_read_only(const std::string &path, int pid);
 
 // Reads /proc/PID/FILE whole. Throws input_error "no such process: PID" when
 // it does not exist, naming the path and strerror when it cannot be opened or
 // read, and when it is longer than max_bytes.
 std::string read_proc_text(int pid, std::string_view file, size_t max_bytes);
+
+// Reads the file at path whole. Throws input_error naming the path and
+// strerror when it cannot be opened or read, with access_hint added when
+// the error is a permission error, and when it is longer than max_bytes.
+std::string read_text_file(const std::string &path, size_t max_bytes, std::string_view access_hint = {});
 
 // Returns value in single quotes for an error message, with control
 // characters escaped as \xHH and the text cut after 80 bytes.
