@@ -3,14 +3,15 @@
 # (which also runs the deliberately broken variants and the negative-compile
 # tests), then the same tests under AddressSanitizer with
 # UndefinedBehaviorSanitizer, under ThreadSanitizer, and built by Clang with
-# -Werror=thread-safety. Prints each part's duration.
+# -Werror=thread-safety; then each libFuzzer target for 20 seconds. Prints
+# each part's duration.
 #
-# Usage: scripts/test.sh [PRESET...]   (default: debug asan tsan clang)
+# Usage: scripts/test.sh [PRESET...]   (default: debug asan tsan clang fuzz)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 presets=("$@")
-[ ${#presets[@]} -gt 0 ] || presets=(debug asan tsan clang)
+[ ${#presets[@]} -gt 0 ] || presets=(debug asan tsan clang fuzz)
 jobs=$(nproc)
 
 part() {

@@ -210,5 +210,16 @@ else
 	echo "skip unreadable process and file: needs root and setpriv"
 fi
 
+# ptl check --kvm: exit 0 when the guest agreed, 3 when KVM is not usable.
+if [ -e /dev/kvm ]; then
+	check "check kvm" 0 "addresses +[0-9]+ verified, 0 mismatches" "$out" "$ptl" check --kvm --pages 1000 --threads 2
+else
+	check "check kvm skipped" 3 "skipped" "$out" "$ptl" check --kvm --pages 1000
+fi
+check "check kvm missing device" 3 "skipped: /nonexistent" "$out" "$ptl" check --kvm --device /nonexistent
+one_error_line "check without --kvm" "$ptl" check
+one_error_line "check unknown mode" "$ptl" check --kvm --modes foo
+one_error_line "check pages out of range" "$ptl" check --kvm --pages 0
+
 echo "$passes passed, $failures failed"
 [ "$failures" -eq 0 ]

@@ -2,8 +2,10 @@
 
 #include <ptl/mm/walk.hpp>
 #include <ptl/tools/proc.hpp>
+#include <ptl/tools/snapshot.hpp>
 #include <ptl/user/user_space.hpp>
 
+#include <fmt/chrono.h>
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
 
@@ -26,21 +28,6 @@ using clock_type = std::chrono::steady_clock;
 
 // Pages read per pagemap call: 512 KiB of entries.
 constexpr size_t pagemap_chunk_pages = 65536;
-
-struct present_page {
-	uint64_t addr;
-	uint64_t pfn;
-};
-
-// What was read from /proc about the process.
-struct process_image {
-	std::vector<vma_record> vmas;
-	std::vector<present_page> pages;
-	status_record status;
-	bool pfns_visible = false;
-	uint64_t swapped = 0;
-	uint64_t vmas_skipped = 0;
-};
 
 double seconds_since(clock_type::time_point start)
 {
@@ -79,12 +66,13 @@ bool in_user_half(const vma_record &vma)
 	return vma.end <= G::task_size;
 }
 
-void read_vma_pages(pagemap_reader &pagemap, const vma_record &vma, process_image &image)
+// Reads the entries of [start, end) in chunks and keeps the present pages.
+void read_range_pages(pagemap_reader &pagemap, uint64_t start, uint64_t end, process_image &image)
 {
 	std::vector<pagemap_entry> chunk;
 
-	for (uint64_t addr = vma.start; addr < vma.end; addr += chunk.size() * page_bytes) {
-		chunk.resize(std::min<uint64_t>(pagemap_chunk_pages, (vma.end - addr) / page_bytes));
+	for (uint64_t addr = start; addr < end; addr += chunk.size() * page_bytes) {
+		chunk.resize(std::min<uint64_t>(pagemap_chunk_pages, (end - addr) / page_bytes));
 		pagemap.read(addr, chunk);
 
 		for (size_t i = 0; i < chunk.size(); i++) {
@@ -96,10 +84,40 @@ void read_vma_pages(pagemap_reader &pagemap, const vma_record &vma, process_imag
 	}
 }
 
-process_image read_process(int pid, const replay_options &options)
+// Reads the present pages of a VMA. Where the kernel has PAGEMAP_SCAN, only
+// the populated ranges are read, which matters for VMAs that reserve
+// terabytes and touch little (sanitizer shadow memory, language runtimes'
+// heaps); elsewhere the whole VMA is read.
+void read_vma_pages(pagemap_reader &pagemap, const vma_record &vma, process_image &image)
+{
+	const auto ranges = pagemap.scan_populated(vma.start, vma.end);
+	if (!ranges) {
+		read_range_pages(pagemap, vma.start, vma.end, image);
+		return;
+	}
+
+	for (const page_range &range : *ranges)
+		read_range_pages(pagemap, range.start, range.end, image);
+}
+
+unsigned vma_prot(const vma_record &vma)
+{
+	unsigned prot = 0;
+	if (vma.read)
+		prot |= user::prot_read;
+	if (vma.write)
+		prot |= user::prot_write;
+	if (vma.exec)
+		prot |= user::prot_exec;
+	return prot;
+}
+
+} // namespace
+
+process_image read_process_image(int pid, bool stop)
 {
 	process_image image;
-	stopped_process stop(pid, options.stop_target);
+	stopped_process stopped(pid, stop);
 
 	image.vmas = read_maps(pid);
 	pagemap_reader pagemap(pid);
@@ -116,22 +134,18 @@ process_image read_process(int pid, const replay_options &options)
 	image.vmas = std::move(user_vmas);
 	image.pfns_visible = pagemap.pfns_visible();
 	image.status = read_status(pid);
+	check_user_address_space(pid, image.status);
 	return image;
 }
 
-unsigned vma_prot(const vma_record &vma)
+size_t image_pool_frames(const process_image &image)
 {
-	unsigned prot = 0;
-	if (vma.read)
-		prot |= user::prot_read;
-	if (vma.write)
-		prot |= user::prot_write;
-	if (vma.exec)
-		prot |= user::prot_exec;
-	return prot;
+	// Frames hold only tables (data pages are bare PFNs); the region is
+	// reserved, not committed, so a generous size costs nothing.
+	return std::max<size_t>(1 << 16, image.pages.size() / 64 + image.vmas.size() * 8);
 }
 
-void create_vmas(user::user_space<G> &space, const process_image &image)
+void create_image_vmas(replay_space &space, const process_image &image)
 {
 	for (const auto &vma : image.vmas) {
 		const unsigned sharing = vma.shared ? user::map_shared : user::map_private;
@@ -143,21 +157,23 @@ void create_vmas(user::user_space<G> &space, const process_image &image)
 	}
 }
 
-// Inserts pages [first, last) of the image. Without visible PFNs every page
-// maps frame 0, which is enough to rebuild the same tables.
-void insert_pages(user::user_space<G> &space, const process_image &image, size_t first, size_t last,
-		  std::atomic<uint64_t> &failures)
+// Without visible PFNs every page maps frame 0, which is enough to rebuild
+// the same tables.
+uint64_t insert_image_pages(replay_space &space, const process_image &image, size_t first, size_t last)
 {
+	uint64_t failures = 0;
+
 	for (size_t i = first; i < last; i++) {
 		const auto &page = image.pages[i];
 		if (!space.insert_pfn(page.addr, image.pfns_visible ? page.pfn : 0))
-			failures.fetch_add(1, std::memory_order_relaxed);
+			failures++;
 	}
+	return failures;
 }
 
 // Splits the pages into one contiguous slice per thread, so neighbouring
 // threads race only on the directory tables at slice edges.
-double rebuild(user::user_space<G> &space, const process_image &image, unsigned threads)
+double rebuild_image(replay_space &space, const process_image &image, unsigned threads)
 {
 	std::atomic<uint64_t> failures{0};
 	std::vector<std::thread> workers;
@@ -167,7 +183,9 @@ double rebuild(user::user_space<G> &space, const process_image &image, unsigned 
 	for (unsigned t = 0; t < threads; t++) {
 		const size_t first = n * t / threads;
 		const size_t last = n * (t + 1) / threads;
-		workers.emplace_back([&, first, last] { insert_pages(space, image, first, last, failures); });
+		workers.emplace_back([&, first, last] {
+			failures.fetch_add(insert_image_pages(space, image, first, last), std::memory_order_relaxed);
+		});
 	}
 	for (auto &w : workers)
 		w.join();
@@ -177,6 +195,8 @@ double rebuild(user::user_space<G> &space, const process_image &image, unsigned 
 		throw std::runtime_error(fmt::format("{} of {} pages could not be inserted", failures.load(), n));
 	return elapsed;
 }
+
+namespace {
 
 uint64_t count_mismatches(const mm::mm_struct<G> &mm, const process_image &image)
 {
@@ -234,18 +254,15 @@ replay_report replay_image(const process_image &image, const replay_options &opt
 	if (image.status.vm_rss_kib)
 		report.kernel_vm_rss_bytes = *image.status.vm_rss_kib * 1024;
 
-	// Frames hold only tables (data pages are bare PFNs); the region is
-	// reserved, not committed, so a generous size costs nothing.
-	const size_t pool_frames = std::max<size_t>(1 << 16, image.pages.size() / 64 + image.vmas.size() * 8);
-	phys::frame_pool pool(pool_frames);
+	phys::frame_pool pool(image_pool_frames(image));
 	auto space = user::user_space<G>::create(pool);
 	if (!space)
 		throw std::runtime_error(fmt::format("cannot create the replay address space: {}", errc_name(space.error())));
 
-	create_vmas(**space, image);
+	create_image_vmas(**space, image);
 	report_progress(options, fmt::format("inserting {} pages with {} thread{}", image.pages.size(), options.threads,
 					     options.threads == 1 ? "" : "s"));
-	report.rebuild_seconds = rebuild(**space, image, options.threads);
+	report.rebuild_seconds = rebuild_image(**space, image, options.threads);
 	report.pages_per_second = report.rebuild_seconds > 0 ? image.pages.size() / report.rebuild_seconds : 0;
 
 	const auto verify_start = clock_type::now();
@@ -264,10 +281,43 @@ replay_report replay_image(const process_image &image, const replay_options &opt
 
 } // namespace
 
+namespace {
+
+// Replays a snapshot file as run_replay replays a live process; only the
+// source of the image differs.
+replay_report replay_snapshot_file(const replay_options &options)
+{
+	const auto read_start = clock_type::now();
+	report_progress(options, fmt::format("loading snapshot {}", options.snapshot_path));
+	const snapshot snap = load_snapshot(options.snapshot_path);
+	check_snapshot_fits(snap, options.snapshot_path);
+	const double read_seconds = seconds_since(read_start);
+
+	replay_report report = replay_image(snap.image, options);
+	report.pid = snap.pid;
+	report.snapshot_path = options.snapshot_path;
+	report.snapshot_time = snap.time;
+	report.snapshot_kernel = snap.kernel_release;
+	report.read_seconds = read_seconds;
+	return report;
+}
+
+std::string format_source(const replay_report &r)
+{
+	if (!r.snapshot_path.empty())
+		return fmt::format(", from snapshot {} taken {:%Y-%m-%d %H:%M:%S} UTC on Linux {}", r.snapshot_path,
+				   fmt::gmtime(static_cast<std::time_t>(r.snapshot_time)), r.snapshot_kernel);
+	return r.demo_child ? ", demo child started by ptl" : "";
+}
+
+} // namespace
+
 replay_report run_replay(const replay_options &options)
 {
 	if (options.threads == 0)
 		throw std::invalid_argument("thread count 0 is invalid; use --threads 1 or more");
+	if (!options.snapshot_path.empty())
+		return replay_snapshot_file(options);
 
 	std::unique_ptr<demo_child> child;
 	int pid = options.pid;
@@ -279,7 +329,7 @@ replay_report run_replay(const replay_options &options)
 
 	const auto read_start = clock_type::now();
 	report_progress(options, fmt::format("reading /proc/{}/maps, pagemap and status", pid));
-	const process_image image = read_process(pid, options);
+	const process_image image = read_process_image(pid, options.stop_target);
 	const double read_seconds = seconds_since(read_start);
 
 	replay_report report = replay_image(image, options);
@@ -292,13 +342,17 @@ replay_report run_replay(const replay_options &options)
 std::string format_report_text(const replay_report &r)
 {
 	std::string out;
-	out += fmt::format("process          {} ({}){}\n", r.pid, r.command, r.demo_child ? ", demo child started by ptl" : "");
+	out += fmt::format("process          {} ({}){}\n", r.pid, r.command, format_source(r));
 	out += fmt::format("geometry         {}\n", r.arch);
 	out += fmt::format("vmas             {} replayed, {} outside the user half skipped\n", r.vmas, r.vmas_skipped);
 	out += fmt::format("pages            {} present, {} mapped, {} swapped out (not mapped)\n", r.pages_present,
 			   r.pages_mapped, r.pages_swapped);
 	if (r.pfns_visible)
 		out += fmt::format("verification     {} mismatches against the kernel's PFNs\n", r.mismatches);
+	else if (!r.snapshot_path.empty())
+		out += fmt::format("verification     presence only: the snapshot holds no PFNs (take it as root to "
+				   "record frames); {} pages missing\n",
+				   r.mismatches);
 	else
 		out += fmt::format("verification     presence only: the kernel hid PFNs (run as root to compare "
 				   "frames); {} pages missing\n",
@@ -337,6 +391,10 @@ std::string format_report_json(const replay_report &r)
 		{"pid", r.pid},
 		{"command", r.command},
 		{"demo_child", r.demo_child},
+		{"source", r.snapshot_path.empty() ? "process" : "snapshot"},
+		{"snapshot", r.snapshot_path.empty() ? nlohmann::json() : nlohmann::json(r.snapshot_path)},
+		{"snapshot_time", r.snapshot_path.empty() ? nlohmann::json() : nlohmann::json(r.snapshot_time)},
+		{"snapshot_kernel", r.snapshot_path.empty() ? nlohmann::json() : nlohmann::json(r.snapshot_kernel)},
 		{"arch", r.arch},
 		{"threads", r.threads},
 		{"pfns_visible", r.pfns_visible},

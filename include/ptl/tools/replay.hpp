@@ -8,21 +8,49 @@
 // concurrently, racing to populate the directory tables they share. Every
 // present page must then translate to the frame the kernel reported.
 
-#include <ptl/arch/geometry.hpp>
+#include <ptl/arch/profiles.hpp>
+#include <ptl/mm/mm.hpp>
+#include <ptl/tools/proc.hpp>
 
 #include <array>
 #include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
+
+namespace ptl::user {
+template <class G>
+class user_space;
+}
 
 namespace ptl::tools {
+
+using replay_space = user::user_space<arch::native>;
+
+// A present page of the process and the frame the kernel reported for it.
+struct present_page {
+	uint64_t addr;
+	uint64_t pfn;
+};
+
+// The replay's input: a process's VMAs, present pages and status as read
+// from /proc.
+struct process_image {
+	std::vector<vma_record> vmas;     // VMAs in the user half, in address order
+	std::vector<present_page> pages;  // present pages in address order
+	status_record status;
+	bool pfns_visible = false;        // false: the kernel hid PFNs, every pfn is 0
+	uint64_t swapped = 0;             // swapped-out pages, not in pages
+	uint64_t vmas_skipped = 0;        // VMAs outside the user half
+};
 
 struct replay_options {
 	int pid = 0;                               // 0: start a demo child and replay it
 	unsigned threads = 1;                      // threads inserting pages; at least 1
 	uint64_t demo_bytes = 256ull << 20;        // size of the demo child's mapping
 	bool stop_target = false;                  // SIGSTOP the process while reading it
+	std::string snapshot_path;                 // non-empty: replay this snapshot file, not a process
 	std::function<void(const std::string &)> progress; // progress lines, if set
 };
 
@@ -31,6 +59,9 @@ struct replay_report {
 	std::string command;         // the process's Name: from status
 	std::string arch;            // geometry the tables were built for
 	bool demo_child = false;     // the process was started by ptl
+	std::string snapshot_path;   // the snapshot file replayed; empty for a live process
+	int64_t snapshot_time = 0;   // when the snapshot was taken, seconds since the Unix epoch
+	std::string snapshot_kernel; // uname -r of the machine the snapshot was taken on
 	bool pfns_visible = false;   // false: the kernel hid PFNs, presence only
 	unsigned threads = 0;
 
@@ -55,6 +86,29 @@ struct replay_report {
 	uint64_t populates = 0;  // tables published
 	uint64_t races_lost = 0; // tables freed because another thread won
 };
+
+// Reads the maps, pagemap and status of process pid, stopping it with
+// SIGSTOP meanwhile when stop is set. Throws input_error as run_replay does.
+process_image read_process_image(int pid, bool stop);
+
+// Frames a pool needs for the tables of the image's replay: the data pages
+// are bare PFNs and take none.
+size_t image_pool_frames(const process_image &image);
+
+// Creates one PFN-mapped VMA in space for each VMA of the image. Throws
+// std::runtime_error when one cannot be created.
+void create_image_vmas(replay_space &space, const process_image &image);
+
+// Inserts pages [first, last) of the image into space, which holds the
+// image's VMAs, and returns how many could not be inserted. Safe to call
+// from several threads on disjoint slices.
+uint64_t insert_image_pages(replay_space &space, const process_image &image, size_t first, size_t last);
+
+// Inserts every page of the image into space with the given number of
+// threads, each taking one contiguous slice, and returns the seconds from
+// starting the first thread to joining the last. Throws std::runtime_error
+// when a page cannot be inserted.
+double rebuild_image(replay_space &space, const process_image &image, unsigned threads);
 
 // Runs the replay. Throws input_error for bad input (no such process, an
 // unreadable or malformed /proc file) and std::invalid_argument for bad
