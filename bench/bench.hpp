@@ -59,6 +59,9 @@ struct bench_options {
 	int pid = 0;                            // replay: 0 starts a demo child with about `pages` present pages
 	unsigned batch = 16;                    // kernel-map: pages per vmap
 	unsigned window = 32;                   // kernel-map: live vmaps per thread before the oldest is unmapped
+	// kernel-map: map with vm_map_ram (per-thread vmap blocks) instead of
+	// vmap (one vmalloc area, and its lock, per mapping).
+	bool vm_map_ram = false;
 	// Called with a line of progress now and then. The driver passes at
 	// most one line a second, and none in the first second.
 	std::function<void(const std::string &)> progress;

@@ -29,6 +29,12 @@ uint64_t footprint_pages(const bench_options &options)
 	return uint64_t{max_threads} * options.window * area_pages(options.batch);
 }
 
+// A mapping of one thread that is still mapped: its address and pages.
+struct live_mapping {
+	uint64_t addr = 0;
+	uint64_t pages = 0;
+};
+
 // The vmaps of one thread that are still mapped, oldest first.
 class live_window {
 public:
@@ -37,22 +43,22 @@ public:
 	bool full() const { return count_ == addrs_.size(); }
 	bool empty() const { return count_ == 0; }
 
-	void push(uint64_t addr)
+	void push(live_mapping mapping)
 	{
-		addrs_[(oldest_ + count_) % addrs_.size()] = addr;
+		addrs_[(oldest_ + count_) % addrs_.size()] = mapping;
 		count_++;
 	}
 
-	uint64_t pop_oldest()
+	live_mapping pop_oldest()
 	{
-		const uint64_t addr = addrs_[oldest_];
+		const live_mapping mapping = addrs_[oldest_];
 		oldest_ = (oldest_ + 1) % addrs_.size();
 		count_--;
-		return addr;
+		return mapping;
 	}
 
 private:
-	std::vector<uint64_t> addrs_;
+	std::vector<live_mapping> addrs_;
 	size_t oldest_ = 0;
 	size_t count_ = 0;
 };
@@ -61,7 +67,7 @@ class kernel_map final : public scenario {
 public:
 	explicit kernel_map(const bench_options &options)
 		: pages_(pages_for(options, scenario_kind::kernel_map)), batch_(options.batch), window_(options.window),
-		  pool_(pool_frames(options))
+		  vm_map_ram_(options.vm_map_ram), pool_(pool_frames(options))
 	{
 		pool_.prefault(pool_.nr_frames());
 	}
@@ -125,21 +131,22 @@ private:
 				unmap(space, live.pop_oldest());
 
 			const size_t n = std::min<uint64_t>(batch_, last - page);
-			auto addr = space.vmap(std::span<const phys::pfn_t>(frames.data(), n));
+			const std::span<const phys::pfn_t> pages(frames.data(), n);
+			auto addr = vm_map_ram_ ? space.vm_map_ram(pages) : space.vmap(pages);
 			if (!addr)
-				throw_failure("vmap", addr.error());
-			live.push(*addr);
+				throw_failure(vm_map_ram_ ? "vm_map_ram" : "vmap", addr.error());
+			live.push({*addr, n});
 		}
 
 		while (!live.empty())
 			unmap(space, live.pop_oldest());
 	}
 
-	static void unmap(kernel::kernel_space<G> &space, uint64_t addr)
+	void unmap(kernel::kernel_space<G> &space, live_mapping mapping) const
 	{
-		auto r = space.vunmap(addr);
+		auto r = vm_map_ram_ ? space.vm_unmap_ram(mapping.addr, mapping.pages) : space.vunmap(mapping.addr);
 		if (!r)
-			throw_failure("vunmap", r.error());
+			throw_failure(vm_map_ram_ ? "vm_unmap_ram" : "vunmap", r.error());
 	}
 
 	// Writes the PTEs that map_share writes, in the same order, into one
@@ -178,6 +185,7 @@ private:
 	const uint64_t pages_;
 	const unsigned batch_;
 	const unsigned window_;
+	const bool vm_map_ram_;
 	phys::frame_pool pool_;
 };
 

@@ -53,8 +53,9 @@ std::string format_header(const bench_report &r)
 			   o.repeat, r.total_seconds);
 
 	if (selected(o, scenario_kind::kernel_map))
-		out += fmt::format("kernel-map  {} pages per run, vmaps of {} pages, {} live per thread\n",
-				   pages_for(o, scenario_kind::kernel_map), o.batch, o.window);
+		out += fmt::format("kernel-map  {} pages per run, {} of {} pages, {} live per thread\n",
+				   pages_for(o, scenario_kind::kernel_map), o.vm_map_ram ? "vm_map_ram mappings" : "vmaps",
+				   o.batch, o.window);
 	if (selected(o, scenario_kind::fault))
 		out += fmt::format("fault       {} pages per run\n", pages_for(o, scenario_kind::fault));
 	if (selected(o, scenario_kind::replay))

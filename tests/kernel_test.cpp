@@ -1006,3 +1006,101 @@ TYPED_TEST(KernelSpace, ConcurrentVmallocVfreeReturnsFrames)
 	EXPECT_EQ(this->ks->counters().pages_mapped, 0u);
 	expect_consistent(*this->ks);
 }
+
+TYPED_TEST(KernelSpace, VmMapRamMapsAndUnmaps)
+{
+	const std::vector<pfn_t> pfns = {0x4000, 0x4001, 0x7777};
+	auto addr = this->ks->vm_map_ram(pfns);
+	ASSERT_TRUE(addr);
+	expect_mapped(*this->ks, *addr, pfns);
+	EXPECT_EQ(this->ks->counters().pages_mapped, 3u);
+
+	auto wrong_count = this->ks->vm_unmap_ram(*addr, 2);
+	ASSERT_FALSE(wrong_count);
+	EXPECT_EQ(wrong_count.error(), errc::invalid_argument);
+	expect_mapped(*this->ks, *addr, pfns);
+
+	ASSERT_TRUE(this->ks->vm_unmap_ram(*addr, 3));
+	expect_unmapped(*this->ks, *addr, 3);
+	EXPECT_EQ(this->ks->counters().pages_mapped, 0u);
+
+	auto twice = this->ks->vm_unmap_ram(*addr, 3);
+	ASSERT_FALSE(twice);
+	EXPECT_EQ(twice.error(), errc::not_found);
+	expect_consistent(*this->ks);
+}
+
+TYPED_TEST(KernelSpace, VmMapRamRejectsBadArguments)
+{
+	EXPECT_EQ(this->ks->vm_map_ram({}).error(), errc::invalid_argument);
+	EXPECT_EQ(this->ks->vm_unmap_ram(0x1000, 0).error(), errc::invalid_argument);
+	EXPECT_EQ(this->ks->vm_unmap_ram(0x1001, 1).error(), errc::invalid_argument);
+	EXPECT_EQ(this->ks->vm_unmap_ram(0x1000, 1).error(), errc::not_found);
+}
+
+TYPED_TEST(KernelSpace, VmMapRamLargeGoesToVmap)
+{
+	std::vector<pfn_t> pfns(vmap_blocks::max_pages + 1);
+	for (uint64_t i = 0; i < pfns.size(); i++)
+		pfns[i] = 0x9000 + i;
+
+	auto addr = this->ks->vm_map_ram(pfns);
+	ASSERT_TRUE(addr);
+	expect_mapped(*this->ks, *addr, pfns);
+	EXPECT_TRUE(this->ks->find_vm_area(*addr));
+	ASSERT_TRUE(this->ks->vm_unmap_ram(*addr, pfns.size()));
+	expect_unmapped(*this->ks, *addr, pfns.size());
+}
+
+// Threads map and unmap far more pages than the block region holds, so
+// blocks are retired and reused while other threads use theirs.
+TYPED_TEST(KernelSpace, VmMapRamConcurrentReusesBlocks)
+{
+	constexpr unsigned nr_threads = 4;
+	constexpr unsigned rounds = 3000;
+	std::atomic<unsigned> ready{0};
+	std::atomic<uint64_t> failures{0};
+	std::vector<std::thread> threads;
+
+	for (unsigned t = 0; t < nr_threads; t++) {
+		threads.emplace_back([&, t] {
+			ready.fetch_add(1);
+			while (ready.load() < nr_threads)
+				std::this_thread::yield();
+
+			std::vector<std::pair<uint64_t, std::vector<pfn_t>>> live;
+			for (unsigned round = 0; round < rounds; round++) {
+				std::vector<pfn_t> pfns(1 + (round * 7 + t) % 24);
+				for (uint64_t i = 0; i < pfns.size(); i++)
+					pfns[i] = 0x10000 * (t + 1) + (round * 32 + i) % 0x10000;
+
+				auto addr = this->ks->vm_map_ram(pfns);
+				if (!addr) {
+					failures.fetch_add(1);
+					continue;
+				}
+				for (uint64_t i = 0; i < pfns.size(); i++) {
+					const auto tr = translate(this->ks->init_mm(), *addr + i * page);
+					if (!tr || tr->pfn != pfns[i])
+						failures.fetch_add(1);
+				}
+				live.emplace_back(*addr, std::move(pfns));
+				if (live.size() > 8) {
+					if (!this->ks->vm_unmap_ram(live.front().first, live.front().second.size()))
+						failures.fetch_add(1);
+					live.erase(live.begin());
+				}
+			}
+			for (const auto &[addr, pfns] : live) {
+				if (!this->ks->vm_unmap_ram(addr, pfns.size()))
+					failures.fetch_add(1);
+			}
+		});
+	}
+	for (auto &t : threads)
+		t.join();
+
+	EXPECT_EQ(failures.load(), 0u);
+	EXPECT_EQ(this->ks->counters().pages_mapped, 0u);
+	expect_consistent(*this->ks);
+}

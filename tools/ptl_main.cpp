@@ -107,6 +107,9 @@ void add_bench(CLI::App &app, bench_command &cmd)
 	sub->add_option("--batch", cmd.options.batch, "kernel-map: pages per vmap (default 16)");
 	sub->add_option("--window", cmd.options.window,
 			"kernel-map: vmaps each thread keeps mapped before it unmaps the oldest (default 32)");
+	sub->add_flag("--vm-map-ram", cmd.options.vm_map_ram,
+		      "kernel-map: map with vm_map_ram, which carves ranges from per-thread vmap blocks, instead of "
+		      "vmap, which takes the vmalloc area lock for every mapping (default: vmap)");
 	auto *json = sub->add_flag("--json", cmd.json, "Print the report as one JSON object");
 	sub->add_flag("--csv", cmd.csv, "Print the report as CSV, one row per result and per store limit")
 		->excludes(json);

@@ -11,10 +11,13 @@
 
 #include <ptl/kernel/vmalloc_area.hpp>
 #include <ptl/kernel/vmap.hpp>
+#include <ptl/kernel/vmap_block.hpp>
 #include <ptl/sync/sharded_counter.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <span>
 
 namespace ptl::kernel {
@@ -133,6 +136,74 @@ public:
 		auto area = remove_area(addr, vm_map);
 		if (!area)
 			return fail(area.error());
+		return {};
+	}
+
+	// Maps pages at an address carved from the calling thread's vmap
+	// block, taking the vmalloc area lock only once per block instead of
+	// per mapping (Linux's vm_map_ram). More than vmap_blocks::max_pages
+	// pages go to vmap. Fails with errc::invalid_argument for no pages, a
+	// bad prot or PFN, with errc::no_space when every block is in use, and
+	// with errc::no_memory when a table cannot be allocated, leaving
+	// nothing mapped.
+	result<uint64_t> vm_map_ram(std::span<const pfn_t> pages, uint64_t prot = page_kernel)
+	{
+		if (pages.empty() || !valid_kernel_prot(prot) || !valid_pfns(pages))
+			return fail(errc::invalid_argument);
+		if (pages.size() > vmap_blocks::max_pages)
+			return vmap(pages, prot);
+
+		auto blocks = map_ram_blocks();
+		if (!blocks)
+			return fail(blocks.error());
+
+		const auto count = static_cast<unsigned>(pages.size());
+		auto addr = (*blocks)->alloc(count);
+		if (!addr)
+			return fail(addr.error());
+
+		map_cursor cursor(*addr, pages);
+		auto r = map_kernel_range(*init_mm_, *addr, *addr + count * arch::page_size, prot, cursor);
+		if (!r) {
+			// map_kernel_range cleared what it set; give the pages back.
+			map_failures_.add(1);
+			(*blocks)->claim(*addr);
+			(*blocks)->release(*addr, count);
+			return fail(r.error());
+		}
+
+		maps_.add(1);
+		pages_mapped_.add(count);
+		return *addr;
+	}
+
+	// Unmaps what vm_map_ram mapped at addr; count must be the number of
+	// pages it was given (Linux's vm_unmap_ram). Fails with
+	// errc::invalid_argument for an unaligned addr, a zero count or a
+	// count that differs from the mapping's, and with errc::not_found when
+	// no vm_map_ram mapping starts at addr.
+	result<void> vm_unmap_ram(uint64_t addr, uint64_t count)
+	{
+		if (count == 0 || addr % arch::page_size != 0)
+			return fail(errc::invalid_argument);
+		if (count > vmap_blocks::max_pages)
+			return vunmap(addr);
+
+		vmap_blocks *blocks = map_ram_.get();
+		if (!blocks || !blocks->contains(addr))
+			return fail(errc::not_found);
+
+		const unsigned claimed = blocks->claim(addr);
+		if (claimed == 0)
+			return fail(errc::not_found);
+		if (claimed != count) {
+			blocks->unclaim(addr, claimed);
+			return fail(errc::invalid_argument);
+		}
+
+		const uint64_t cleared = unmap_kernel_range(*init_mm_, addr, addr + count * arch::page_size);
+		pages_mapped_.add(-static_cast<int64_t>(cleared));
+		blocks->release(addr, claimed);
 		return {};
 	}
 
@@ -324,8 +395,30 @@ private:
 		area.pages.clear();
 	}
 
+	// The region of vmap blocks, reserved from the vmalloc area by the
+	// first vm_map_ram. A quarter of the area, at most 1024 blocks.
+	result<vmap_blocks *> map_ram_blocks()
+	{
+		std::call_once(map_ram_once_, [this] {
+			const uint64_t area_bytes = G::vmalloc_end - G::vmalloc_start;
+			const uint64_t nr_blocks = std::min<uint64_t>(1024, area_bytes / 4 / vmap_blocks::block_bytes);
+			if (nr_blocks == 0)
+				return;
+
+			auto region = areas_.reserve(nr_blocks * vmap_blocks::block_bytes, vm_ram_blocks);
+			if (region)
+				map_ram_ = std::make_unique<vmap_blocks>((*region)->addr, static_cast<unsigned>(nr_blocks));
+		});
+
+		if (!map_ram_)
+			return fail(errc::no_space);
+		return map_ram_.get();
+	}
+
 	std::unique_ptr<mm::kernel_mm<G>> init_mm_;
 	vmalloc_area areas_;
+	std::once_flag map_ram_once_;
+	std::unique_ptr<vmap_blocks> map_ram_;
 
 	sync::sharded_counter maps_;
 	sync::sharded_counter map_failures_;

@@ -35,9 +35,10 @@ enum vm_flags : uint32_t {
 	vm_ioremap = 1u << 0, // maps a physical range, owns no frames
 	vm_alloc = 1u << 1,   // vmalloc: owns the data frames behind it
 	vm_map = 1u << 2,     // vmap: maps frames the caller owns
+	vm_ram_blocks = 1u << 3, // the region vm_map_ram carves its per-thread blocks from
 };
 
-inline constexpr uint32_t vm_flags_mask = vm_ioremap | vm_alloc | vm_map;
+inline constexpr uint32_t vm_flags_mask = vm_ioremap | vm_alloc | vm_map | vm_ram_blocks;
 
 // The name /proc/vmallocinfo prints for an area's flags.
 constexpr std::string_view vm_flags_name(uint32_t flags)
@@ -49,6 +50,8 @@ constexpr std::string_view vm_flags_name(uint32_t flags)
 		return "vmalloc";
 	case vm_map:
 		return "vmap";
+	case vm_ram_blocks:
+		return "vm_map_ram";
 	}
 	return "unknown";
 }
@@ -223,7 +226,7 @@ private:
 
 	static bool valid_flags(uint32_t flags)
 	{
-		return flags == vm_ioremap || flags == vm_alloc || flags == vm_map;
+		return flags == vm_ioremap || flags == vm_alloc || flags == vm_map || flags == vm_ram_blocks;
 	}
 
 	// The lowest address where bytes fit between the reserved ranges,
