@@ -23,8 +23,12 @@ part() {
 	echo "==> $name took $((SECONDS - start)) s"
 }
 
+configure() {
+	cmake --preset "$1" >/dev/null
+}
+
 for preset in "${presets[@]}"; do
-	part "configure $preset" cmake --preset "$preset" >/dev/null
+	part "configure $preset" configure "$preset"
 	part "build $preset" cmake --build --preset "$preset" -j "$jobs"
 	part "test $preset" ctest --preset "$preset" -j "$jobs"
 done
