@@ -1,7 +1,7 @@
 #pragma once
 // `ptl check --kvm`: build random mappings with ptl and let a KVM guest's
 // page walker read them, comparing every value, fault and accessed or dirty
-// bit with what ptl's own walker says.
+// bit with what ptl's own walker returns.
 
 #include <CLI/CLI.hpp>
 

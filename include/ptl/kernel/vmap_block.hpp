@@ -7,8 +7,8 @@
 // on it. vm_map_ram instead carves its ranges out of a block that the
 // calling thread's shard owns, under that shard's own lock, and the shared
 // state is touched once per block. The blocks live in one region reserved
-// from the vmalloc area on first use; a block is block_pages pages and is
-// reused once it is full and every range carved from it has been freed.
+// from the vmalloc area on first use. A block is block_pages pages, and it
+// is reused once it is full and every range carved from it has been freed.
 //
 // Ranges carved from a block have no guard page between them, as in Linux.
 
@@ -97,9 +97,9 @@ public:
 	}
 
 private:
-	// Added to freed when the owner stops carving from a block, so that
-	// exactly one of the retiring owner and the last release sees the
-	// block's final count and recycles it.
+	// Added to freed when the owner stops carving from a block. Both the
+	// retiring owner and each release add to freed atomically, so exactly
+	// one of them reads the block's final count and recycles it.
 	static constexpr uint64_t retired = uint64_t{1} << 32;
 
 	struct block {
