@@ -44,12 +44,13 @@ public:
 	virtual run_timing run_store_limit(unsigned threads) = 0;
 };
 
-// Puts every frame of the pool on its free list in ascending frame order,
-// so that the next run takes its frames in the same order whatever the runs
-// before it freed. The pool's free list is last in, first out, and zeroing
-// frames in descending address order was measured at about half the speed
-// of ascending order. Every frame must be free. Frames on the free list are
-// zeroed as they are taken here, so this costs a pass over the pool's memory.
+// Takes every frame of the pool and frees them again in descending frame
+// order, so that the next run takes its frames in ascending order whatever
+// the runs before it freed. The pool hands out the frames freed last first,
+// and zeroing frames in descending address order was measured at about half
+// the speed of ascending order. Every frame must be free. Frames that were
+// used before are zeroed as they are taken here, so this costs a pass over
+// the pool's memory.
 void reset_frame_order(phys::frame_pool &pool);
 
 // Checks the options of one scenario against the machine, and throws
