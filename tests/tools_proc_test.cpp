@@ -940,7 +940,8 @@ TEST(ProcVmallocinfo, RejectsMalformedFieldValues)
 
 TEST(ProcVmallocinfo, RejectsGarbageBytes)
 {
-	const std::string message = vmalloc_error(std::string("0x0-0x0 8192 \x01\xff\x7f garbage\n", 27));
+	constexpr char text[] = "0x0-0x0 8192 \x01\xff\x7f garbage\n";
+	const std::string message = vmalloc_error(std::string(text, sizeof(text) - 1));
 	EXPECT_EQ(message, "test/vmallocinfo:1: unexpected field '\\x01\xff\\x7f' (expected a caller, pages=, phys=, "
 			   "N<node>=<pages> or a lowercase flag word)");
 }
@@ -1033,7 +1034,9 @@ TEST(ProcVmallocinfo, ReadRejectsMissingFile)
 
 TEST(ProcMaps, RejectsGarbageBytes)
 {
-	const std::string message = maps_error(std::string("\x7f" "ELF\x02\x01\x01\0\0\0 \xff\xfe\n", 16));
+	// The three NUL bytes are part of the line, so the length is given.
+	constexpr char text[] = "\x7f" "ELF\x02\x01\x01\0\0\0 \xff\xfe\n";
+	const std::string message = maps_error(std::string(text, sizeof(text) - 1));
 	EXPECT_EQ(message, "test/maps:1: truncated line '\\x7fELF\\x02\\x01\\x01\\x00\\x00\\x00 \xff\xfe' (expected "
 			   "'START-END PERMS OFFSET DEV INODE [PATH]')");
 }
@@ -1048,7 +1051,7 @@ TEST(ProcMaps, AcceptsWholeAddressSpace)
 TEST(ProcStatus, RejectsGarbageBytes)
 {
 	EXPECT_PRED_FORMAT2(testing::IsSubstring, "test/status:1: malformed line '\\x7fELF\\x02'",
-			    status_error(std::string("\x7f" "ELF\x02\nName:\tx\n", 15)));
+			    status_error("\x7f" "ELF\x02\nName:\tx\n"));
 }
 
 TEST(ProcStatus, ParsesState)
