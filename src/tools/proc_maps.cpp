@@ -130,6 +130,21 @@ std::string read_text_file(const std::string &path, size_t max_bytes, std::strin
 	return read_to_end(fd, path, max_bytes);
 }
 
+std::string_view take_field(std::string_view &rest)
+{
+	const size_t begin = rest.find_first_not_of(' ');
+	if (begin == std::string_view::npos) {
+		rest = {};
+		return {};
+	}
+	rest.remove_prefix(begin);
+
+	const size_t length = std::min(rest.find(' '), rest.size());
+	const std::string_view field = rest.substr(0, length);
+	rest.remove_prefix(length);
+	return field;
+}
+
 } // namespace detail
 
 uint64_t vma_record::pages() const
@@ -165,23 +180,6 @@ bool is_hex_field(std::string_view text)
 			return false;
 	}
 	return true;
-}
-
-// Splits off the next space-separated field. The kernel separates the first
-// five fields with one space, but runs of spaces are accepted too.
-std::string_view take_field(std::string_view &rest)
-{
-	const size_t begin = rest.find_first_not_of(' ');
-	if (begin == std::string_view::npos) {
-		rest = {};
-		return {};
-	}
-	rest.remove_prefix(begin);
-
-	const size_t length = std::min(rest.find(' '), rest.size());
-	const std::string_view field = rest.substr(0, length);
-	rest.remove_prefix(length);
-	return field;
 }
 
 // Reports errors for one line as "<source>:<line>: <problem>".
@@ -267,11 +265,11 @@ vma_record parse_line(const line_context &where, std::string_view line)
 		where.fail("empty line (expected 'START-END PERMS OFFSET DEV INODE [PATH]')");
 
 	std::string_view rest = line;
-	const std::string_view range = take_field(rest);
-	const std::string_view perms = take_field(rest);
-	const std::string_view offset = take_field(rest);
-	const std::string_view device = take_field(rest);
-	const std::string_view inode = take_field(rest);
+	const std::string_view range = detail::take_field(rest);
+	const std::string_view perms = detail::take_field(rest);
+	const std::string_view offset = detail::take_field(rest);
+	const std::string_view device = detail::take_field(rest);
+	const std::string_view inode = detail::take_field(rest);
 	if (inode.empty())
 		where.fail(fmt::format("truncated line {} (expected 'START-END PERMS OFFSET DEV INODE [PATH]')",
 				       quote(line)));

@@ -57,23 +57,6 @@ bool parse_prefixed_hex(std::string_view text, uint64_t &value)
 	return is_hexadecimal(text) && parse_number(text, 16, value);
 }
 
-// Splits off the next space-separated field; the size column is padded with
-// spaces.
-std::string_view take_field(std::string_view &rest)
-{
-	const size_t begin = rest.find_first_not_of(' ');
-	if (begin == std::string_view::npos) {
-		rest = {};
-		return {};
-	}
-	rest.remove_prefix(begin);
-
-	const size_t length = std::min(rest.find(' '), rest.size());
-	const std::string_view field = rest.substr(0, length);
-	rest.remove_prefix(length);
-	return field;
-}
-
 void parse_range(const line_context &where, std::string_view field, vmalloc_area &area)
 {
 	const size_t dash = field.find('-');
@@ -215,14 +198,14 @@ void store_other_flag(const line_context &where, std::string_view field, vmalloc
 void take_caller(std::string_view &rest, vmalloc_area &area)
 {
 	std::string_view after = rest;
-	const std::string_view field = take_field(after);
+	const std::string_view field = detail::take_field(after);
 	if (!is_caller(field))
 		return;
 	area.caller = field;
 	rest = after;
 
 	std::string_view after_module = rest;
-	const std::string_view module = take_field(after_module);
+	const std::string_view module = detail::take_field(after_module);
 	if (is_module(module)) {
 		area.caller += ' ';
 		area.caller += module;
@@ -235,8 +218,8 @@ void take_caller(std::string_view &rest, vmalloc_area &area)
 void take_unpurged(std::string_view &rest, vmalloc_area &area)
 {
 	std::string_view after = rest;
-	const std::string_view first = take_field(after);
-	const std::string_view second = take_field(after);
+	const std::string_view first = detail::take_field(after);
+	const std::string_view second = detail::take_field(after);
 	if (first == "unpurged" && second == "vm_area") {
 		area.unpurged = true;
 		rest = after;
@@ -250,7 +233,7 @@ void parse_fields(const line_context &where, std::string_view rest, vmalloc_area
 	take_unpurged(rest, area);
 	take_caller(rest, area);
 
-	for (std::string_view field = take_field(rest); !field.empty(); field = take_field(rest)) {
+	for (std::string_view field = detail::take_field(rest); !field.empty(); field = detail::take_field(rest)) {
 		if (field.starts_with("pages="))
 			store_number(where, "pages", field.substr(6), 10, area.pages);
 		else if (field.starts_with("phys="))
@@ -289,8 +272,8 @@ vmalloc_area parse_line(const line_context &where, std::string_view line)
 		where.fail("empty line (expected '0xSTART-0xEND SIZE [CALLER] [FIELDS]')");
 
 	std::string_view rest = line;
-	const std::string_view range = take_field(rest);
-	const std::string_view size = take_field(rest);
+	const std::string_view range = detail::take_field(rest);
+	const std::string_view size = detail::take_field(rest);
 	if (size.empty())
 		where.fail(fmt::format("truncated line {} (expected '0xSTART-0xEND SIZE [CALLER] [FIELDS]')",
 				       quote(line)));

@@ -222,6 +222,11 @@ std::string read_text_file(const std::string &path, size_t max_bytes, std::strin
 // characters escaped as \xHH and the text cut after 80 bytes.
 std::string quote(std::string_view value);
 
+// Splits off the next space-separated field of rest and returns it, or an
+// empty view at the end. Runs of spaces count as one separator, as in the
+// padded columns of /proc/PID/maps and /proc/vmallocinfo.
+std::string_view take_field(std::string_view &rest);
+
 } // namespace detail
 
 } // namespace ptl::tools
