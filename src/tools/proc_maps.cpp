@@ -130,6 +130,32 @@ std::string read_text_file(const std::string &path, size_t max_bytes, std::strin
 	return read_to_end(fd, path, max_bytes);
 }
 
+void line_context::fail(std::string_view problem) const
+{
+	throw input_error(fmt::format("{}:{}: {}", source, number, problem));
+}
+
+bool parse_number(std::string_view text, int base, uint64_t &value)
+{
+	if (text.empty())
+		return false;
+
+	const char *last = text.data() + text.size();
+	const auto [ptr, error] = std::from_chars(text.data(), last, value, base);
+	return error == std::errc() && ptr == last;
+}
+
+void check_line_limits(const line_context &where, std::string_view line, size_t max_lines, size_t max_line_bytes,
+		       std::string_view file_kind)
+{
+	if (where.number > max_lines)
+		where.fail(fmt::format("more than {} lines, which no real {} has, so check the input", max_lines,
+				       file_kind));
+
+	if (line.size() > max_line_bytes)
+		where.fail(fmt::format("line of {} bytes exceeds the limit of {} bytes", line.size(), max_line_bytes));
+}
+
 std::string_view take_field(std::string_view &rest)
 {
 	const size_t begin = rest.find_first_not_of(' ');
@@ -154,17 +180,10 @@ uint64_t vma_record::pages() const
 
 namespace {
 
+using detail::line_context;
+using detail::parse_number;
+
 using detail::quote;
-
-bool parse_number(std::string_view text, int base, uint64_t &value)
-{
-	if (text.empty())
-		return false;
-
-	const char *last = text.data() + text.size();
-	const auto [ptr, error] = std::from_chars(text.data(), last, value, base);
-	return error == std::errc() && ptr == last;
-}
 
 bool is_hex_digit(char c)
 {
@@ -183,16 +202,6 @@ bool is_hex_field(std::string_view text)
 }
 
 // Reports errors for one line as "<source>:<line>: <problem>".
-struct line_context {
-	std::string_view source;
-	size_t number;
-
-	[[noreturn]] void fail(std::string_view problem) const
-	{
-		throw input_error(fmt::format("{}:{}: {}", source, number, problem));
-	}
-};
-
 void parse_range(const line_context &where, std::string_view field, vma_record &vma)
 {
 	const size_t dash = field.find('-');
@@ -296,17 +305,6 @@ void check_order(const line_context &where, const vma_record &previous, const vm
 		where.fail(fmt::format("address range {} overlaps the previous range {}", range, previous_range));
 }
 
-void check_line_limits(const line_context &where, std::string_view line)
-{
-	if (where.number > maps_max_lines)
-		where.fail(fmt::format("more than {} lines, which no real maps file has, so check the input",
-				       maps_max_lines));
-
-	if (line.size() > maps_max_line_bytes)
-		where.fail(fmt::format("line of {} bytes exceeds the limit of {} bytes", line.size(),
-				       maps_max_line_bytes));
-}
-
 } // namespace
 
 std::vector<vma_record> parse_maps(std::string_view text, std::string_view source)
@@ -320,7 +318,7 @@ std::vector<vma_record> parse_maps(std::string_view text, std::string_view sourc
 		text.remove_prefix(std::min(newline + 1, text.size()));
 		where.number++;
 
-		check_line_limits(where, line);
+		detail::check_line_limits(where, line, maps_max_lines, maps_max_line_bytes, "maps file");
 		vma_record vma = parse_line(where, line);
 		if (!vmas.empty())
 			check_order(where, vmas.back(), vma);

@@ -11,16 +11,7 @@ namespace {
 
 using detail::quote;
 
-// Reports errors for one line as "<source>:<line>: <problem>".
-struct line_context {
-	std::string_view source;
-	size_t number;
-
-	[[noreturn]] void fail(std::string_view problem) const
-	{
-		throw input_error(fmt::format("{}:{}: {}", source, number, problem));
-	}
-};
+using detail::line_context;
 
 std::string_view trim_leading_blanks(std::string_view text)
 {

@@ -14,29 +14,12 @@ namespace ptl::tools {
 
 namespace {
 
+using detail::line_context;
+using detail::parse_number;
+
 using detail::quote;
 
 // Reports errors for one line as "<source>:<line>: <problem>".
-struct line_context {
-	std::string_view source;
-	size_t number;
-
-	[[noreturn]] void fail(std::string_view problem) const
-	{
-		throw input_error(fmt::format("{}:{}: {}", source, number, problem));
-	}
-};
-
-bool parse_number(std::string_view text, int base, uint64_t &value)
-{
-	if (text.empty())
-		return false;
-
-	const char *last = text.data() + text.size();
-	const auto [ptr, error] = std::from_chars(text.data(), last, value, base);
-	return error == std::errc() && ptr == last;
-}
-
 bool is_decimal(std::string_view text)
 {
 	return !text.empty() && text.find_first_not_of("0123456789") == std::string_view::npos;
@@ -324,17 +307,6 @@ void check_overlaps(std::string_view source, const std::vector<vmalloc_area> &ar
 	}
 }
 
-void check_line_limits(const line_context &where, std::string_view line)
-{
-	if (where.number > vmallocinfo_max_lines)
-		where.fail(fmt::format("more than {} lines, which no real vmallocinfo has, so check the input",
-				       vmallocinfo_max_lines));
-
-	if (line.size() > vmallocinfo_max_line_bytes)
-		where.fail(fmt::format("line of {} bytes exceeds the limit of {} bytes", line.size(),
-				       vmallocinfo_max_line_bytes));
-}
-
 } // namespace
 
 vmallocinfo parse_vmallocinfo(std::string_view text, std::string_view source)
@@ -348,7 +320,7 @@ vmallocinfo parse_vmallocinfo(std::string_view text, std::string_view source)
 		text.remove_prefix(std::min(newline + 1, text.size()));
 		where.number++;
 
-		check_line_limits(where, line);
+		detail::check_line_limits(where, line, vmallocinfo_max_lines, vmallocinfo_max_line_bytes, "vmallocinfo");
 		vmalloc_area area = parse_line(where, line);
 
 		if (where.number == 1)

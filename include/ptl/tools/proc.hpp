@@ -222,6 +222,24 @@ std::string read_text_file(const std::string &path, size_t max_bytes, std::strin
 // characters escaped as \xHH and the text cut after 80 bytes.
 std::string quote(std::string_view value);
 
+// Reports errors for one line of a text file as "<source>:<line>: <problem>".
+struct line_context {
+	std::string_view source;
+	size_t number; // 1-based
+
+	[[noreturn]] void fail(std::string_view problem) const;
+};
+
+// Parses all of text as an unsigned number in base; false on any other
+// character, an empty text or overflow.
+bool parse_number(std::string_view text, int base, uint64_t &value);
+
+// Fails at where when the file has more than max_lines lines, or the line
+// is longer than max_line_bytes. file_kind names the file in the message
+// ("maps file", "vmallocinfo").
+void check_line_limits(const line_context &where, std::string_view line, size_t max_lines, size_t max_line_bytes,
+		       std::string_view file_kind);
+
 // Splits off the next space-separated field of rest and returns it, or an
 // empty view at the end. Runs of spaces count as one separator, as in the
 // padded columns of /proc/PID/maps and /proc/vmallocinfo.
