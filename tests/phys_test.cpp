@@ -60,7 +60,9 @@ TEST(FramePool, CountsPerSite)
 	auto a = pool.alloc(alloc_site::pud);
 	auto b = pool.alloc(alloc_site::pmd);
 	auto c = pool.alloc(alloc_site::pmd);
-	ASSERT_TRUE(a && b && c);
+	ASSERT_TRUE(a);
+	ASSERT_TRUE(b);
+	ASSERT_TRUE(c);
 
 	EXPECT_EQ(pool.in_use(alloc_site::pud), 1u);
 	EXPECT_EQ(pool.in_use(alloc_site::pmd), 2u);
@@ -83,7 +85,8 @@ TEST(FramePool, DoubleFreeIsCountedNotReused)
 	// The frame is on the free list once, so two allocations get two frames.
 	auto x = pool.alloc(alloc_site::pte);
 	auto y = pool.alloc(alloc_site::pte);
-	ASSERT_TRUE(x && y);
+	ASSERT_TRUE(x);
+	ASSERT_TRUE(y);
 	EXPECT_NE(*x, *y);
 }
 

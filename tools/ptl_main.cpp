@@ -165,7 +165,7 @@ int run_bench(const CLI::App &sub, bench_command &cmd)
 	return 0;
 }
 
-// CLI11 messages can span lines; the first line says what was wrong.
+// CLI11 messages can span lines; the first line states what was wrong.
 std::string first_line(const std::string &text)
 {
 	return text.substr(0, text.find('\n'));

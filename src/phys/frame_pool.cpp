@@ -306,7 +306,7 @@ pool_stats frame_pool::stats() const
 
 void frame_pool::prefault(size_t nr_frames)
 {
-	// Only frames never handed out: nobody else touches them.
+	// Only frames never handed out, which no other thread touches.
 	const size_t first = std::min<size_t>(next_unused_.load(std::memory_order_relaxed), nr_frames_);
 	const size_t last = std::min(nr_frames, nr_frames_);
 	if (first >= last)

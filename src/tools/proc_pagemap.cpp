@@ -197,8 +197,8 @@ std::optional<std::vector<page_range>> pagemap_reader::scan_populated(uint64_t s
 				ranges.push_back(range);
 		}
 
-		// The kernel stops early when the batch is full; walk_end says
-		// where to go on.
+		// The kernel stops early when the batch is full, and walk_end is
+		// the address to go on from.
 		if (arg.walk_end <= start)
 			throw input_error(fmt::format("{}: PAGEMAP_SCAN made no progress at {:#x}", path_, start));
 		start = arg.walk_end;

@@ -24,7 +24,8 @@ using phys::pfn_t;
 
 enum class mm_kind { kernel, user };
 
-// How an address space synchronises table population and PTE updates.
+// The synchronisation scheme an address space uses for table population and
+// PTE updates.
 enum class lock_mode {
 	// Linux before the push-down: the caller holds page_table_lock across
 	// the whole walk, and the allocators drop and retake it around each

@@ -185,8 +185,8 @@ result<void> populate(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, l
 		return {};
 	}
 
-	// Outside legacy mode this runs after the lock is dropped. Nobody
-	// else ever saw this table, so it needs no grace period.
+	// Outside legacy mode this runs after the lock is dropped. No other
+	// thread ever read this table, so it needs no grace period.
 	PTL_HOOK(hooks::point::populate_free_loser, arch::level_index(l), addr, &mm);
 #if !defined(PTL_MUTANT_LEAK_LOSER)
 	mm.pool().free(*new_table);

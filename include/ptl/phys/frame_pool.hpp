@@ -32,7 +32,7 @@ using pfn_t = uint64_t;
 
 inline constexpr size_t frame_size = 4096;
 
-// What a frame was allocated for. The first five match arch::level.
+// The purpose a frame was allocated for. The first five match arch::level.
 enum class alloc_site : uint8_t { pgd, p4d, pud, pmd, pte, data };
 inline constexpr size_t nr_sites = 6;
 
@@ -122,7 +122,7 @@ public:
 	void fail_probability(double probability, uint64_t seed);
 	void clear_faults();
 
-	// The pool that holds address, or nullptr. Lets code that holds only an
+	// The pool that contains address, or nullptr. Lets code that holds only an
 	// entry pointer reach the frame's metadata, as virt_to_page does.
 	static frame_pool *pool_of(const void *address);
 
@@ -133,8 +133,8 @@ private:
 	static constexpr unsigned shard_batch = 32;
 
 	// One thread's cache of free frames and its share of the counters.
-	// Bit 63 of a cached entry says the frame was used before and must be
-	// zeroed when it is handed out again.
+	// Bit 63 of a cached entry marks a frame that was used before and must
+	// be zeroed when it is handed out again.
 	struct alignas(64) shard {
 		sync::spinlock lock;
 		unsigned count = 0;
