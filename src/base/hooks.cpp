@@ -34,6 +34,10 @@ std::string_view point_name(point p)
 		return "vmap_before_set";
 	case point::vunmap_before_clear:
 		return "vunmap_before_clear";
+	case point::wp_copy_unlocked:
+		return "wp_copy_unlocked";
+	case point::tables_before_grace:
+		return "tables_before_grace";
 	case point::lock_spin:
 		return "lock_spin";
 	}

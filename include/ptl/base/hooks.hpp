@@ -41,6 +41,13 @@ enum class point {
 	vmap_before_set,
 	// A kernel unmap is about to clear one PTE of the range it owns.
 	vunmap_before_clear,
+	// A write fault on a frame that other PTEs share has dropped the PTE
+	// lock to copy the frame. It retakes the lock next.
+	wp_copy_unlocked,
+	// An unmap has unlinked the empty tables it found, dropped every
+	// page-table lock, and is about to wait for the grace period after
+	// which it frees them.
+	tables_before_grace,
 	// A thread found a spinlock taken and spins on it. event::lock is the
 	// spinlock. Fires on every turn of the spin loop.
 	lock_spin,

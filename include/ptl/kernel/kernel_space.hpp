@@ -5,11 +5,13 @@
 // Mapping takes no page-table lock outside lock_mode::legacy. Each call
 // first reserves a range from the area allocator, which makes it the only
 // task that touches the PTEs of that range. Table population is the only
-// step that synchronises with other tasks. A call that fails leaves nothing
-// mapped and nothing allocated except the tables it populated, which stay
-// in the tree.
+// step that synchronises with other tasks. Unmapping frees the tables left
+// empty under the area's free range, under the allocator's lock, so that no
+// task reserves a neighbour there meanwhile (see release_area). A call that
+// fails leaves nothing mapped and nothing allocated.
 
 #include <ptl/kernel/vmalloc_area.hpp>
+#include <ptl/mm/free_pgtables.hpp>
 #include <ptl/kernel/vmap.hpp>
 #include <ptl/kernel/vmap_block.hpp>
 #include <ptl/sync/sharded_counter.hpp>
@@ -119,7 +121,7 @@ public:
 
 		auto r = map_vm_area(**area, prot, pages);
 		if (!r) {
-			areas_.release(*area);
+			release_area(*area);
 			return fail(r.error());
 		}
 		return (*area)->addr;
@@ -221,7 +223,7 @@ public:
 		// A request larger than the whole pool can never be met; fail
 		// before taking any frame.
 		if ((*area)->nr_pages() > pool().nr_frames()) {
-			areas_.release(*area);
+			release_area(*area);
 			return fail(errc::no_memory);
 		}
 
@@ -229,7 +231,7 @@ public:
 		if (r)
 			r = map_vm_area(**area, page_kernel, (*area)->pages);
 		if (!r) {
-			free_pages(*areas_.release(*area));
+			free_pages(*release_area(*area));
 			return fail(r.error());
 		}
 		return (*area)->addr;
@@ -280,7 +282,7 @@ public:
 		map_cursor cursor((*area)->addr, first_pfn);
 		auto r = map_range(**area, page_kernel_nocache, cursor);
 		if (!r) {
-			areas_.release(*area);
+			release_area(*area);
 			return fail(r.error());
 		}
 		return (*area)->addr + page_offset(phys_addr);
@@ -372,7 +374,24 @@ private:
 	{
 		const uint64_t cleared = unmap_kernel_range(*init_mm_, area->addr, area->end());
 		pages_mapped_.add(-static_cast<int64_t>(cleared));
-		return areas_.release(area);
+		return release_area(area);
+	}
+
+	// Frees the area's range, and with it the tables that the area's
+	// unmap left empty and that cover no other area. The area's PTEs must
+	// be clear.
+	std::unique_ptr<vm_struct> release_area(vm_struct *area)
+	{
+		mm::table_batch batch;
+		auto released = areas_.release(area, [&](uint64_t floor, uint64_t ceiling) {
+			mm::walk_guard<G> walk(*init_mm_);
+			mm::free_pgd_range(*init_mm_, area->addr, area->end(), floor, ceiling, batch);
+		});
+
+		// Outside the allocator's lock, which the grace period would
+		// otherwise hold up.
+		mm::free_table_batch(*init_mm_, batch);
+		return released;
 	}
 
 	// Fills area.pages with one zeroed data frame per page. On failure the

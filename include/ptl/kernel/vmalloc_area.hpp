@@ -190,6 +190,31 @@ public:
 		return released;
 	}
 
+	// As release(), but first calls unlink(floor, ceiling) under the
+	// allocator's lock, where [floor, ceiling) is the free range around
+	// the area: from the end of the area below (or the start of the
+	// vmalloc area) to the start of the area above (or its end). While
+	// unlink runs no task can reserve anything there, so it may free the
+	// page tables that lie wholly inside.
+	template <class Unlink>
+	std::unique_ptr<vm_struct> release(vm_struct *area, Unlink &&unlink) PTL_EXCLUDES(lock_)
+	{
+		sync::spin_guard guard(lock_);
+
+		auto it = areas_.find(area->addr);
+		assert(it != areas_.end());
+		assert(it->second.area.get() == area);
+
+		const uint64_t floor = it == areas_.begin() ? start_ : std::prev(it)->second.area->end();
+		const uint64_t ceiling = std::next(it) == areas_.end() ? end_ : std::next(it)->first;
+		unlink(floor, ceiling);
+
+		std::unique_ptr<vm_struct> released = std::move(it->second.area);
+		areas_.erase(it);
+		nr_live_.fetch_sub(1, std::memory_order_relaxed);
+		return released;
+	}
+
 	// Areas reserved now, detached ones included.
 	uint64_t nr_live() const { return nr_live_.load(std::memory_order_relaxed); }
 

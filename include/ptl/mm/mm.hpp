@@ -10,6 +10,7 @@
 #include <ptl/base/result.hpp>
 #include <ptl/phys/frame_pool.hpp>
 #include <ptl/sync/spinlock.hpp>
+#include <ptl/sync/srcu.hpp>
 
 #include <array>
 #include <atomic>
@@ -162,6 +163,12 @@ public:
 	// modes, and PTE updates of user address spaces in legacy and
 	// pushdown. Never held across an allocation.
 	sync::spinlock page_table_lock;
+
+	// Grace periods for the lockless walkers (translate, walk_range): a
+	// table unlinked from this tree goes back to the pool only after every
+	// walker that was inside a read-side section when it was unlinked has
+	// left it. Mutable because walking is a read of the mm.
+	mutable sync::srcu table_rcu;
 
 protected:
 	mm_struct(phys::frame_pool &pool, mm_kind kind, lock_mode mode, bool split_pmd, pfn_t pgd)

@@ -55,6 +55,9 @@ void walk_range(const mm_struct<G> &mm, uint64_t start, uint64_t end, Visit &&vi
 {
 	if (start == end)
 		return;
+
+	// visit must not unmap from mm: that would wait for this section.
+	sync::srcu_read_guard rcu(mm.table_rcu);
 	detail::walk_entries<G, level::pgd>(mm, mm.table(mm.pgd_pfn()), start, end, visit);
 }
 
@@ -67,8 +70,10 @@ void walk_all(const mm_struct<G> &mm, Visit &&visit)
 		walk_range(mm, halves[i].first, halves[i].second, visit);
 }
 
+namespace detail {
+
 template <class G>
-std::optional<translation> translate(const mm_struct<G> &mm, uint64_t addr)
+std::optional<translation> translate_walk(const mm_struct<G> &mm, uint64_t addr)
 {
 	using format = typename G::format;
 
@@ -88,6 +93,25 @@ std::optional<translation> translate(const mm_struct<G> &mm, uint64_t addr)
 		table = mm.table_of(e);
 		l = arch::next_table_level<G>(l);
 	}
+}
+
+} // namespace detail
+
+// The leaf that maps addr, or nothing. A lockless walk: it runs inside a
+// read-side section of the mm's table_rcu, so that an unmap racing with it
+// does not free a table it is reading. Callers that translate many
+// addresses in a row can hold one srcu_read_guard and pass it.
+template <class G>
+std::optional<translation> translate(const mm_struct<G> &mm, uint64_t addr)
+{
+	sync::srcu_read_guard rcu(mm.table_rcu);
+	return detail::translate_walk(mm, addr);
+}
+
+template <class G>
+std::optional<translation> translate(const mm_struct<G> &mm, uint64_t addr, const sync::srcu_read_guard &)
+{
+	return detail::translate_walk(mm, addr);
 }
 
 // Tables per level found by walking the tree; the audit compares this with

@@ -14,6 +14,7 @@
 //               page_table_lock, which table population also takes, but
 //               only briefly and never while the PTE lock is held.
 
+#include <ptl/mm/free_pgtables.hpp>
 #include <ptl/mm/mm.hpp>
 #include <ptl/sync/sharded_counter.hpp>
 #include <ptl/user/fault.hpp>
@@ -84,8 +85,9 @@ public:
 		return std::unique_ptr<user_space>(new user_space(std::move(*mm)));
 	}
 
-	// Zaps every VMA, freeing its anonymous frames, and then the mm frees
-	// the tables. The pool ends where it was before create().
+	// Exit (exit_mmap): zaps every VMA, freeing its anonymous frames, and
+	// frees every table below the pgd; the mm then frees the pgd. The
+	// pool ends where it was before create().
 	~user_space()
 	{
 		std::unique_lock lock(mmap_lock_);
@@ -356,15 +358,40 @@ private:
 		return vma;
 	}
 
-	// Removes the VMAs of [start, end) and zaps their pages. Called with
-	// the mmap_lock held exclusively.
+	// Removes the VMAs of [start, end), zaps their pages and frees the
+	// tables that leaves empty. Called with the mmap_lock held exclusively.
 	void unmap_range(uint64_t start, uint64_t end)
 	{
 		vmas_.split_at(start);
 		vmas_.split_at(end);
 
-		for (const vm_area &vma : vmas_.remove_range(start, end))
+		const std::vector<vm_area> removed = vmas_.remove_range(start, end);
+		if (removed.empty())
+			return;
+
+		for (const vm_area &vma : removed)
 			account_zap(zap_page_range(*mm_, vma, vma.start, vma.end));
+		free_pgtables(removed.front().start, removed.back().end);
+	}
+
+	// Frees the tables below [start, end) that map nothing now, keeping
+	// those that also cover a VMA below or above (free_pgtables). The
+	// exclusive mmap_lock keeps faults, and so populates, out of the
+	// bounds meanwhile.
+	void free_pgtables(uint64_t start, uint64_t end)
+	{
+		const uint64_t floor = vmas_.end_below(start);
+		const uint64_t ceiling = vmas_.start_above(end);
+		mm::table_batch batch;
+
+		{
+			mm::walk_guard<G> walk(*mm_);
+			mm::free_pgd_range(*mm_, start, end, floor, ceiling, batch);
+		}
+
+		// After every page-table lock is dropped: waits for the
+		// lockless walkers, then frees.
+		mm::free_table_batch(*mm_, batch);
 	}
 
 	void account(fault_outcome outcome)

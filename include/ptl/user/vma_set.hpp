@@ -113,6 +113,28 @@ public:
 		return std::nullopt;
 	}
 
+	// End of the highest VMA that ends at or below addr, or 0: the floor
+	// below which an unmap of a range starting at addr must not free
+	// tables. addr must not lie inside a VMA.
+	uint64_t end_below(uint64_t addr) const
+	{
+		auto above = vmas_.lower_bound(addr);
+		if (above == vmas_.begin())
+			return 0;
+		const vm_area &below = std::prev(above)->second;
+		assert(below.end <= addr);
+		return below.end;
+	}
+
+	// Start of the lowest VMA that starts at or above addr, or 0 for none
+	// (the top of the address space): the ceiling of an unmap that ends
+	// at addr.
+	uint64_t start_above(uint64_t addr) const
+	{
+		auto above = vmas_.lower_bound(addr);
+		return above == vmas_.end() ? 0 : above->second.start;
+	}
+
 	size_t size() const { return vmas_.size(); }
 	bool empty() const { return vmas_.empty(); }
 	map_type::const_iterator begin() const { return vmas_.begin(); }

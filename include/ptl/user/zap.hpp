@@ -123,8 +123,8 @@ zap_counts zap_page_range(mm::mm_struct<G> &mm, const vm_area &vma, uint64_t sta
 		addr = next;
 	}
 
-	// TODO: PTE tables (and the tables above them) that the zap leaves
-	// empty are not freed. They stay until the address space is destroyed.
+	// The tables the zap leaves empty are the caller's to free, with
+	// bounds only it knows (see free_pgtables.hpp).
 	return counts;
 }
 
