@@ -4,6 +4,7 @@
 
 #include "bench/bench.hpp"
 #include "check_command.hpp"
+#include "peers_command.hpp"
 #include "snapshot_command.hpp"
 
 #include <ptl/tools/proc.hpp>
@@ -185,6 +186,8 @@ int main(int argc, char **argv)
 	ptl::cli::add_snapshot_command(app, snapshot);
 	bench_command bench;
 	add_bench(app, bench);
+	ptl::cli::peers_command peers;
+	CLI::App *peers_sub = ptl::cli::add_peers_command(*app.get_subcommand("bench"), peers);
 	ptl::cli::check_command check;
 	ptl::cli::add_check_command(app, check);
 
@@ -200,18 +203,22 @@ int main(int argc, char **argv)
 				   argv[1]);
 			return exit_bad_input;
 		}
-		const std::string sub = app.get_subcommands().empty() ? "" : " " + app.get_subcommands()[0]->get_name();
+		std::string sub = app.get_subcommands().empty() ? "" : " " + app.get_subcommands()[0]->get_name();
+		if (peers_sub->parsed())
+			sub = " bench peers";
 		fmt::print(stderr, "ptl{}: error: {}. Run 'ptl{} --help' for the options.\n", sub, first_line(e.what()),
 			   sub);
 		return exit_bad_input;
 	}
 
-	const std::string name = app.get_subcommands()[0]->get_name();
+	const std::string name = peers_sub->parsed() ? "bench peers" : app.get_subcommands()[0]->get_name();
 	try {
 		if (name == "replay")
 			return run_replay(replay);
 		if (name == "snapshot")
 			return ptl::cli::run_snapshot_command(snapshot);
+		if (name == "bench peers")
+			return ptl::cli::run_peers_command(peers);
 		if (name == "bench")
 			return run_bench(*app.get_subcommand("bench"), bench);
 		if (name == "check")

@@ -1,0 +1,94 @@
+#pragma once
+// The parts of `ptl bench peers` that its driver, layouts, structures and
+// kernel comparison share.
+
+#include "peers.hpp"
+#include "scenario.hpp"
+
+#include <ptl/tools/replay.hpp>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <utility>
+
+namespace ptl::bench::peers {
+
+// The frame a lookup returns when the page is not mapped.
+inline constexpr uint64_t no_frame = ~uint64_t{0};
+
+// The frame of page i is frame_base + next[i], so that no page maps frame 0
+// and a pointer chase can find the next page from the frame.
+inline constexpr uint64_t frame_base = 1;
+
+// The pages one run maps, and the orders its operations visit them in.
+// Indices are uint32_t, so a layout holds at most 2^32 pages; the options
+// allow 2^30.
+struct layout {
+	layout_kind kind = layout_kind::dense;
+	std::vector<uint64_t> vpns;          // page numbers, ascending
+	std::vector<uint32_t> next;          // one random cycle through every index
+	std::vector<uint32_t> insert_order;  // indices in the order inserts and removals visit them
+	std::vector<uint32_t> random_order;  // indices in the order random lookups visit them
+	// Byte ranges of the VMAs that ptl maps the pages in, for the layouts
+	// that have no process image.
+	std::vector<std::pair<uint64_t, uint64_t>> vmas;
+	std::optional<tools::process_image> image; // the replayed process, for replay
+	size_t table_frames = 0;                    // every table the pages need, all levels
+
+	// Chase start and expected end index per thread, per thread count.
+	std::map<unsigned, std::vector<std::pair<uint32_t, uint32_t>>> chases;
+
+	uint64_t size() const { return vpns.size(); }
+	uint64_t frame_of(uint64_t index) const { return frame_base + next[index]; }
+};
+
+layout make_dense_layout(uint64_t pages, uint64_t seed);
+layout make_scattered_layout(uint64_t pages, uint64_t seed);
+// Reads the process (--pid, a snapshot file, or a demo child started for
+// the purpose) and names it in `process`.
+layout make_replay_layout(const peers_options &options, std::string &process);
+
+// Computes the chase starts and ends of every thread count.
+void prepare_chases(layout &l, const std::vector<unsigned> &thread_counts);
+
+// What one run of a structure measured.
+struct cycle_sample {
+	std::array<double, nr_ops> seconds{}; // 0 for an operation not run
+	double bytes_per_page = 0;
+};
+
+// Which operations a run times. The sweep runs insert, random lookups and
+// removal only.
+enum class cycle_ops { all, sweep };
+
+// One structure under test: a name and a function that runs the full cycle
+// (create, insert, look up, remove, destroy) once.
+struct structure {
+	std::string name;
+	bool is_ptl = false;
+	std::function<cycle_sample(const layout &, unsigned threads, cycle_ops)> run;
+};
+
+// The selected structures for one layout. The ptl entries share `pool`,
+// which must be sized for the layout and outlive them.
+std::vector<structure> make_structures(const peers_options &options, phys::frame_pool &pool);
+
+// Sets up the C allocator so that freed memory stays in the heap for the
+// next run instead of going back to the kernel, as ptl's frame pool keeps
+// its frames, and reads the heap's bytes in use.
+void configure_heap();
+uint64_t heap_bytes_in_use();
+
+// Frames of a pool for the layout's tables, with room for the tables that
+// lockless runs free only after a grace period.
+size_t pool_frames_for(const layout &l, unsigned max_threads);
+
+// The kernel comparison: anonymous faults and MAP_POPULATE against ptl's
+// fault path and vmap.
+std::vector<kernel_result> run_kernel_comparison(const peers_options &options,
+						 const std::function<void(const std::string &)> &note);
+
+double median_of(std::vector<double> values);
+
+} // namespace ptl::bench::peers
