@@ -355,6 +355,10 @@ std::vector<sweep_result> run_sweep(const peers_options &options, progress_meter
 			results.push_back(result);
 		}
 	}
+
+	// Smallest size first; within a size, the structures' order.
+	std::stable_sort(results.begin(), results.end(),
+			 [](const sweep_result &a, const sweep_result &b) { return a.pages < b.pages; });
 	return results;
 }
 
