@@ -13,7 +13,8 @@ passes=0
 out=$(mktemp)
 err=$(mktemp)
 snapshot=$(mktemp -u --suffix=.ptlsnap)
-trap 'rm -f "$out" "$err" "$snapshot"' EXIT
+csv_file=$(mktemp)
+trap 'rm -f "$out" "$err" "$snapshot" "$csv_file"' EXIT
 
 # One repeat of 64 pages per run, on 1 and 2 threads.
 tiny=(--pages 64 --repeat 1 --threads 1,2)
@@ -132,7 +133,8 @@ if run_ok "peers csv" "$ptl" bench peers --layouts dense,scattered --no-kernel "
 	fi
 fi
 
-if run_ok "peers table" "$ptl" bench peers --layouts dense "${tiny[@]}" --quiet; then
+if run_ok "peers table" "$ptl" bench peers --layouts dense "${tiny[@]}" --quiet --csv-file "$csv_file"; then
+	check_output "peers csv file beside the table" "^structure,dense,ptl-split,1,64,bytes_per_page," "$csv_file"
 	check_output "peers table has the dense layout" "^dense layout, 64 pages" "$out"
 	check_output "peers table lists a peer" "^tbb +2 " "$out"
 	check_output "peers table lists a ptl mode" "^ptl-split +1 " "$out"
@@ -177,7 +179,7 @@ fi
 
 if run_ok "peers help" "$ptl" bench peers --help; then
 	for option in --layouts --peers --modes --threads --pages --repeat --pid --snapshot --kernel --sweep --seed \
-		--json --csv --quiet --progress; do
+		--json --csv --csv-file --quiet --progress; do
 		check_output "peers help lists $option" "^ +$option" "$out"
 	done
 fi
@@ -205,6 +207,8 @@ bad_input "scattered larger than memory" "the scattered layout with 1073741824 p
 bad_input "kernel larger than memory" "the kernel comparison with 1073741824 pages needs [0-9]+ MiB" \
 	"$ptl" bench peers --layouts dense --modes none --pages 1073741824
 bad_input "pid and snapshot" "--pid excludes --snapshot" "$ptl" bench peers --pid 1 --snapshot /nonexistent
+bad_input "csv file in a missing directory" "cannot open --csv-file /nonexistent/peers.csv for writing" \
+	"$ptl" bench peers --csv-file /nonexistent/peers.csv
 bad_input "json and csv" "--json excludes --csv" "$ptl" bench peers --json --csv
 bad_input "unknown option" "--frobnicate" "$ptl" bench peers --frobnicate
 bad_input "no such pid" "no such process: $((pid_max + 1))" \

@@ -4,9 +4,12 @@
 
 #include <fmt/core.h>
 
+#include <cerrno>
 #include <charconv>
 #include <climits>
 #include <cstdio>
+#include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <unistd.h>
 
@@ -117,6 +120,9 @@ CLI::App *add_peers_command(CLI::App &bench, peers_command &cmd)
 	sub->add_option("--seed", o.seed, "Seed of the scattered layout and the random orders (default 1)");
 	auto *json = sub->add_flag("--json", cmd.json, "Print the report as one JSON object");
 	sub->add_flag("--csv", cmd.csv, "Print the report as CSV, one measurement per row")->excludes(json);
+	sub->add_option("--csv-file", cmd.csv_file,
+			"Also write the CSV report to this file, replacing it, whatever standard output gets "
+			"(default none)");
 	sub->add_flag("--progress", cmd.progress,
 		      "Print progress on standard error even when it is not a terminal (it is printed on a "
 		      "terminal), at most once a second");
@@ -135,7 +141,21 @@ int run_peers_command(peers_command &cmd)
 	if (show_progress)
 		cmd.options.progress = [](const std::string &line) { fmt::print(stderr, "ptl bench peers: {}\n", line); };
 
+	// Opened before the run, so that a bad path fails at once.
+	std::FILE *csv_file = nullptr;
+	if (!cmd.csv_file.empty()) {
+		csv_file = std::fopen(cmd.csv_file.c_str(), "w");
+		if (!csv_file)
+			throw std::invalid_argument(fmt::format("cannot open --csv-file {} for writing: {}", cmd.csv_file,
+								std::strerror(errno)));
+	}
+	std::unique_ptr<std::FILE, int (*)(std::FILE *)> csv_guard(csv_file, [](std::FILE *f) {
+		return f ? std::fclose(f) : 0;
+	});
+
 	const auto report = peers::run_peers(cmd.options);
+	if (csv_file)
+		fmt::print(csv_file, "{}", peers::format_csv(report));
 	if (cmd.json)
 		fmt::print("{}\n", peers::format_json(report));
 	else if (cmd.csv)

@@ -17,6 +17,7 @@ struct peers_command {
 	std::vector<std::string> peers{"std", "absl", "tbb", "cds", "judy"};
 	std::vector<std::string> modes{"legacy", "pushdown", "split", "lockless"};
 	std::string sweep;
+	std::string csv_file; // also write the CSV report here
 	bool json = false;
 	bool csv = false;
 	bool quiet = false;
