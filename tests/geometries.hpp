@@ -5,7 +5,8 @@
 
 #include <gtest/gtest.h>
 
-using all_geometries = ::testing::Types<ptl::arch::x86_64, ptl::arch::x86_64_la57, ptl::arch::i386>;
+using all_geometries = ::testing::Types<ptl::arch::x86_64, ptl::arch::x86_64_la57, ptl::arch::i386,
+					 ptl::arch::i386_pae, ptl::arch::arm64_4k>;
 
 struct geometry_names {
 	template <class G>

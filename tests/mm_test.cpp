@@ -211,5 +211,5 @@ TEST(PteAllocKernel, FindsKernelSpaceFromEntry)
 	EXPECT_EQ(translate(*kernel, addr)->pfn, 77u);
 	EXPECT_FALSE(kernel->page_table_lock.is_locked());
 	// Kernel tables carry no user bit.
-	EXPECT_EQ((*pmd)->load() & arch::prot_user, 0u);
+	EXPECT_EQ(G::format::prot((*pmd)->load()) & arch::prot_user, 0u);
 }

@@ -105,9 +105,17 @@ protected:
 		EXPECT_TRUE(report.ok()) << report.summary();
 	}
 
-	// Start of the n-th region (n >= 1) that has its own pgd entry, so a
-	// fault there populates every level below the pgd.
-	static uint64_t fresh_region(uint64_t n) { return n * arch::entry_span<G>(level::pgd); }
+	// Start of the n-th region (n >= 1), in the middle of a pgd entry of its
+	// own, so a fault there populates every level below the pgd. i386 PAE
+	// has only three pgd entries below task_size: from its fourth region on,
+	// regions share a pgd entry with an earlier one, one pmd entry higher.
+	static uint64_t fresh_region(uint64_t n)
+	{
+		const uint64_t span = arch::entry_span<G>(level::pgd);
+		const uint64_t user_entries = G::task_size / span;
+		const uint64_t round = (n - 1) / user_entries;
+		return (n - 1) % user_entries * span + span / 2 + round * arch::entry_span<G>(level::pmd);
+	}
 
 	static unsigned unfolded_levels_below_pgd()
 	{

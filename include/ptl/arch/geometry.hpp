@@ -44,7 +44,8 @@ constexpr level next_level(level l)
 //                     (x86-64 canonical form)
 //   task_size         end of the user half (exclusive)
 //   vmalloc_start/end the kernel's vmalloc area [start, end)
-//   format            the hardware entry format (see pte_format.hpp)
+//   format            the hardware entry format (see pte_format.hpp and
+//                     arm64_format.hpp)
 
 template <class G>
 constexpr bool is_folded(level l)
@@ -88,7 +89,8 @@ constexpr uint64_t entry_end(level l, uint64_t addr, uint64_t end)
 	return boundary - 1 < end - 1 ? boundary : end;
 }
 
-// Bytes of one table at level l; every table of every profile is one 4 KiB frame.
+// Bytes of one table at level l. Every table of every profile fits one 4 KiB
+// frame; the i386 PAE pgd uses 32 bytes of its frame.
 template <class G>
 constexpr uint64_t table_bytes(level l)
 {
@@ -142,6 +144,25 @@ constexpr level next_table_level(level l)
 	while (n != level::pte && is_folded<G>(n))
 		n = next_level(n);
 	return n;
+}
+
+// Level of the table whose entry points to a table of level l: the nearest
+// level above l that is not folded (pgd never is).
+template <class G>
+constexpr level parent_table_level(level l)
+{
+	level p = static_cast<level>(level_index(l) - 1);
+	while (p != level::pgd && is_folded<G>(p))
+		p = static_cast<level>(level_index(p) - 1);
+	return p;
+}
+
+// The entry that links a new table of level l into its parent, in the
+// format's encoding for the parent's level.
+template <class G>
+constexpr typename G::entry_t make_table_entry(level l, uint64_t pfn, uint64_t prot)
+{
+	return static_cast<typename G::entry_t>(G::format::make_table(parent_table_level<G>(l), pfn, prot));
 }
 
 } // namespace ptl::arch

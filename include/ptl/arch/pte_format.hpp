@@ -1,6 +1,17 @@
 #pragma once
 // Hardware entry formats. ptl stores entries exactly as the processor reads
 // them, so a real page walker can use the tables (see the KVM check).
+//
+// A format F provides:
+//   entry_t               unsigned integer type of one entry
+//   make(pfn, prot)       a leaf entry (a huge leaf when prot has prot_huge)
+//   make_table(l, pfn, p) an entry of a level-l table that points to a
+//                         table below it
+//   flag_bits(prot)       the entry bits of prot's accessed and dirty flags
+//   pfn, prot, present, none, huge   decoders of an entry
+//   max_pfn, has_nx, user_table_prot, kernel_table_prot
+
+#include <ptl/arch/geometry.hpp>
 
 #include <cstdint>
 
@@ -45,10 +56,34 @@ struct x86_format {
 	static constexpr bool none(entry_t e) { return e == 0; }
 	static constexpr bool huge(entry_t e) { return (e & prot_huge) != 0; }
 
+	// Table entries use the same bits as leaves at every level.
+	static constexpr entry_t make_table(level, uint64_t pfn, uint64_t prot) { return make(pfn, prot); }
+
+	static constexpr entry_t flag_bits(uint64_t prot)
+	{
+		return static_cast<entry_t>(prot & (prot_accessed | prot_dirty));
+	}
+
 	// Entry flags of a table that maps user pages (Linux's _PAGE_TABLE)
 	// and of a kernel-only table (_KERNPG_TABLE).
 	static constexpr uint64_t user_table_prot = prot_present | prot_write | prot_user | prot_accessed | prot_dirty;
 	static constexpr uint64_t kernel_table_prot = prot_present | prot_write | prot_accessed | prot_dirty;
+};
+
+// x86 PAE entry: the 64-bit x86 entry, with a 52-bit physical address
+// (MAXPHYADDR's architectural limit; the first PAE processors had 36).
+// Entries of the top table, the 4-entry page-directory-pointer table (PDPT),
+// may set only P, PWT and PCD: R/W, U/S, A, D, PS and NX are reserved there,
+// and loading CR3 with a PDPT entry that sets one raises #GP.
+struct x86_pae_format : x86_format<uint64_t, 52, true> {
+	static constexpr uint64_t pdpt_flag_mask = prot_present | prot_pwt | prot_pcd;
+
+	static constexpr entry_t make_table(level l, uint64_t pfn, uint64_t prot)
+	{
+		if (l == level::pgd)
+			prot &= pdpt_flag_mask;
+		return make(pfn, prot);
+	}
 };
 
 } // namespace ptl::arch

@@ -32,10 +32,12 @@ constexpr phys::alloc_site site_for(level l)
 	return static_cast<phys::alloc_site>(arch::level_index(l));
 }
 
+// The entry that links a new table of level l into its parent. The format
+// encodes it for the parent's level (i386 PAE restricts the pgd's entries).
 template <class G>
-typename G::entry_t table_entry(const mm_struct<G> &mm, pfn_t table)
+typename G::entry_t table_entry(const mm_struct<G> &mm, level l, pfn_t table)
 {
-	return static_cast<typename G::entry_t>(G::format::make(table, mm.table_prot()));
+	return arch::make_table_entry<G>(l, table, mm.table_prot());
 }
 
 // The lock that serialises populating *parent with a table of level l.
@@ -70,7 +72,7 @@ bool publish_locked(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, lev
 	// Release pairs with the acquire load of every walker (pXd_offset,
 	// translate, the fast path of alloc_level): it sees the zeroed table,
 	// and the owner recorded in its page, before it sees the entry.
-	parent->store(table_entry(mm, new_table), std::memory_order_release);
+	parent->store(table_entry(mm, l, new_table), std::memory_order_release);
 	PTL_HOOK(hooks::point::populate_published, arch::level_index(l), 0, &mm);
 	return true;
 }
@@ -84,7 +86,7 @@ bool publish_cas(mm_struct<G> &mm, typename mm_struct<G>::slot_t *parent, level 
 
 	// Release on success pairs with the walkers' acquire loads, as in
 	// publish_locked; on failure we only learn that someone else won.
-	if (!parent->compare_exchange_strong(expected, table_entry(mm, new_table), std::memory_order_release,
+	if (!parent->compare_exchange_strong(expected, table_entry(mm, l, new_table), std::memory_order_release,
 					     std::memory_order_relaxed))
 		return false;
 
@@ -155,7 +157,7 @@ result<pfn_t> alloc_table(mm_struct<G> &mm, level l, uint64_t addr) PTL_NO_THREA
 	if (table) {
 		mm.pool().page_of(*table).owner.store(&mm, std::memory_order_relaxed);
 #if defined(PTL_MUTANT_ZERO_AFTER_PUBLISH)
-		fill_table(mm, *table, table_entry(mm, *table));
+		fill_table(mm, *table, table_entry(mm, l, *table));
 #endif
 		PTL_HOOK(hooks::point::populate_after_alloc, arch::level_index(l), addr, &mm);
 	}

@@ -60,10 +60,12 @@ bool set_pte(mm::mm_struct<G> &mm, const mm::pte_map<G> &map, pfn_t pfn, uint64_
 template <class G>
 void mark_accessed(const mm::pte_map<G> &map, typename G::entry_t entry, access_type a) PTL_REQUIRES(map)
 {
-	auto bits = static_cast<typename G::entry_t>(arch::prot_accessed);
+	uint64_t prot = arch::prot_accessed;
 
 	if (a == access_type::write)
-		bits |= static_cast<typename G::entry_t>(arch::prot_dirty);
+		prot |= arch::prot_dirty;
+
+	const auto bits = G::format::flag_bits(prot);
 	if ((entry & bits) != bits)
 		mm::pte_set_flags(map, bits);
 }
