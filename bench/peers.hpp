@@ -105,6 +105,9 @@ struct structure_result {
 	uint64_t pages = 0;
 	std::array<rate, nr_ops> ops{};
 	double bytes_per_page = 0; // median over the repeats
+	// CPU time the threads got as a percentage of their wall time, median
+	// over the repeats. Below 100 other load took the CPUs.
+	double cpu_percent = 0;
 };
 
 // ptl's best mode against the fastest peer for one operation.

@@ -56,6 +56,9 @@ void prepare_chases(layout &l, const std::vector<unsigned> &thread_counts);
 struct cycle_sample {
 	std::array<double, nr_ops> seconds{}; // 0 for an operation not run
 	double bytes_per_page = 0;
+	// CPU time the threads got, as a percentage of their wall time over
+	// all timed operations. Below 100 they waited for a CPU.
+	double cpu_percent = 0;
 };
 
 // Which operations a run times. The sweep runs insert, random lookups and

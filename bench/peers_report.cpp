@@ -51,16 +51,16 @@ std::string format_results(const peers_report &r)
 				out += fmt::format("\n{} layout, {} pages: millions of operations per second, bytes per "
 						   "mapped page\n",
 						   layout_name(kind), res.pages);
-				out += fmt::format("{:<15} {:>7} {:>9} {:>13} {:>14} {:>13} {:>9} {:>10}\n", "structure",
-						   "threads", "insert", "lookup-order", "lookup-random", "lookup-chase",
-						   "remove", "bytes/page");
+				out += fmt::format("{:<15} {:>7} {:>9} {:>13} {:>14} {:>13} {:>9} {:>10} {:>5}\n",
+						   "structure", "threads", "insert", "lookup-order", "lookup-random",
+						   "lookup-chase", "remove", "bytes/page", "cpu%");
 				header = true;
 			}
 			out += fmt::format("{:<15} {:>7}", res.structure, res.threads);
 			const int widths[] = {9, 13, 14, 13, 9};
 			for (size_t op = 0; op < nr_ops; op++)
 				out += fmt::format(" {:>{}.2f}", res.ops[op].median / 1e6, widths[op]);
-			out += fmt::format(" {:>10.2f}\n", res.bytes_per_page);
+			out += fmt::format(" {:>10.2f} {:>5.0f}\n", res.bytes_per_page, res.cpu_percent);
 		}
 	}
 	return out;
@@ -151,7 +151,7 @@ nlohmann::json result_json(const structure_result &r)
 		ops[std::string(op_name(all_ops[op]))] = rate_json(r.ops[op]);
 	return {{"layout", layout_name(r.layout)}, {"structure", r.structure}, {"is_ptl", r.is_ptl},
 		{"threads", r.threads},            {"pages", r.pages},         {"per_second", ops},
-		{"bytes_per_page", r.bytes_per_page}};
+		{"bytes_per_page", r.bytes_per_page}, {"cpu_percent", r.cpu_percent}};
 }
 
 std::string csv_row(std::string_view section, std::string_view layout, std::string_view structure, unsigned threads,
@@ -171,7 +171,9 @@ std::string format_table(const peers_report &report)
 	out += format_kernel(report);
 	out += format_sweep(report);
 	out += format_targets(report);
-	out += fmt::format("\nptl's bytes per page count each table frame as 4096 bytes plus {} bytes of frame "
+	out += "\ncpu% is the CPU time the threads got as a percentage of their wall time; below 100 other load "
+	       "took the CPUs\n";
+	out += fmt::format("ptl's bytes per page count each table frame as 4096 bytes plus {} bytes of frame "
 			   "metadata, plus the heap growth (VMAs)\ntotal time {:.1f} s\n",
 			   report.page_metadata_bytes, report.total_seconds);
 	return out;
@@ -245,6 +247,8 @@ std::string format_csv(const peers_report &report)
 				       r.ops[op].max);
 		out += csv_row("structure", layout_name(r.layout), r.structure, r.threads, r.pages, "bytes_per_page",
 			       r.bytes_per_page, r.bytes_per_page, r.bytes_per_page);
+		out += csv_row("structure", layout_name(r.layout), r.structure, r.threads, r.pages, "cpu_percent",
+			       r.cpu_percent, r.cpu_percent, r.cpu_percent);
 	}
 	for (const auto &k : report.kernel)
 		out += csv_row("kernel", "dense", k.name, k.threads, k.pages, "pages_per_second", k.per_second.median,

@@ -195,7 +195,7 @@ structure_result summarize_structure(const layout_run &run, unsigned threads, si
 {
 	const structure &s = run.structures[index];
 	const auto &samples = run.samples.at({threads, index});
-	structure_result result{run.l.kind, s.name, s.is_ptl, threads, run.l.size(), {}, 0};
+	structure_result result{run.l.kind, s.name, s.is_ptl, threads, run.l.size(), {}, 0, 0};
 
 	for (size_t op = 0; op < nr_ops; op++) {
 		std::vector<double> rates;
@@ -205,9 +205,13 @@ structure_result summarize_structure(const layout_run &run, unsigned threads, si
 	}
 
 	std::vector<double> bytes;
-	for (const auto &sample : samples)
+	std::vector<double> cpu;
+	for (const auto &sample : samples) {
 		bytes.push_back(sample.bytes_per_page);
+		cpu.push_back(sample.cpu_percent);
+	}
 	result.bytes_per_page = median_of(bytes);
+	result.cpu_percent = median_of(cpu);
 	return result;
 }
 

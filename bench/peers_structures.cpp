@@ -303,6 +303,7 @@ public:
 
 		check_removed(*map);
 		map.reset();
+		sample.cpu_percent = thread_seconds_ > 0 ? 100.0 * cpu_seconds_ / thread_seconds_ : 0;
 		return sample;
 	}
 
@@ -310,11 +311,13 @@ private:
 	template <class Body>
 	double timed(Body &&body)
 	{
-		return run_threads(threads_, [&](unsigned t) {
-			       thread_scope<Map> scope;
-			       body(t);
-		       })
-			.seconds;
+		const run_timing timing = run_threads(threads_, [&](unsigned t) {
+			thread_scope<Map> scope;
+			body(t);
+		});
+		cpu_seconds_ += timing.cpu_seconds;
+		thread_seconds_ += timing.seconds * threads_;
+		return timing.seconds;
 	}
 
 	uint64_t first(unsigned t) const { return slice_begin(l_.size(), t, threads_); }
@@ -384,6 +387,8 @@ private:
 	const std::string &name_;
 	const layout &l_;
 	const unsigned threads_;
+	double cpu_seconds_ = 0;
+	double thread_seconds_ = 0;
 };
 
 template <class Map>

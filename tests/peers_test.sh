@@ -116,10 +116,10 @@ fi
 
 # CSV: one measurement per row, with as many fields as the header and
 # every value above zero. Per structure, thread count and layout: 5
-# operations and the bytes per page.
+# operations, the bytes per page and the CPU share.
 if run_ok "peers csv" "$ptl" bench peers --layouts dense,scattered --no-kernel "${tiny[@]}" --csv --quiet; then
 	check_output "peers csv header" "^section,layout,structure,threads,pages,metric,median,min,max$" "$out"
-	problems=$(awk -F, -v rows=$((2 * 2 * structures * 6)) '
+	problems=$(awk -F, -v rows=$((2 * 2 * structures * 7)) '
 		NR == 1 { columns = NF; next }
 		NF != columns { print "row " NR " has " NF " fields, the header " columns }
 		!($7 > 0 && $8 > 0 && $9 > 0) { print "row " NR " has a value that is not above 0: " $0 }
