@@ -62,6 +62,9 @@ struct bench_options {
 	// kernel-map: map with vm_map_ram (per-thread vmap blocks) instead of
 	// vmap (one vmalloc area, and its lock, per mapping).
 	bool vm_map_ram = false;
+	// Geometry the tables are built in, one of arch::profile_names; empty
+	// means the native one.
+	std::string arch;
 	// Called with a line of progress now and then. The driver passes at
 	// most one line a second, and none in the first second.
 	std::function<void(const std::string &)> progress;

@@ -13,6 +13,7 @@ namespace {
 constexpr uint64_t user_pte_prot = arch::prot_present | arch::prot_write | arch::prot_user | arch::prot_accessed |
 				   arch::prot_dirty | arch::prot_nx;
 
+template <class G>
 class fault final : public scenario {
 public:
 	explicit fault(const bench_options &options) : pages_(pages_for(options, scenario_kind::fault)), pool_(pool_frames(pages_))
@@ -52,7 +53,7 @@ public:
 	{
 		const uint64_t end = area_start_ + pages_ * arch::page_size;
 		reset_frame_order(pool_);
-		limit_tables tables(pool_, mm::mm_kind::user);
+		limit_tables<G> tables(pool_, mm::mm_kind::user);
 		tables.populate(area_start_, end);
 
 		return run_limit_passes(threads, pages_, [&](unsigned i) {
@@ -82,11 +83,11 @@ private:
 
 	void store_share(mm::mm_struct<G> &mm, uint64_t first, uint64_t last)
 	{
-		pte_cursor cursor(mm);
+		pte_cursor<G> cursor(mm);
 
 		for (uint64_t page = first; page < last; page++)
 			cursor.slot(area_start_ + page * arch::page_size)
-				->store(limit_entry(page, user_pte_prot), std::memory_order_release);
+				->store(limit_entry<G>(page, user_pte_prot), std::memory_order_release);
 	}
 
 	const uint64_t pages_;
@@ -106,7 +107,10 @@ void check_fault_options(const bench_options &options)
 
 std::unique_ptr<scenario> make_fault(const bench_options &options)
 {
-	return std::make_unique<fault>(options);
+	return arch::with_profile(options.arch, [&](auto profile) -> std::unique_ptr<scenario> {
+		using G = typename decltype(profile)::type;
+		return std::make_unique<fault<G>>(options);
+	});
 }
 
 } // namespace ptl::bench

@@ -140,38 +140,4 @@ void throw_failure(std::string_view what, errc error)
 	throw std::runtime_error(fmt::format("{} failed: {}", what, errc_name(error)));
 }
 
-limit_tables::limit_tables(phys::frame_pool &pool, mm::mm_kind kind)
-{
-	auto mm = mm::mm_struct<G>::create(pool, kind, mm::lock_mode::pushdown);
-	if (!mm)
-		throw_failure("creating the store limit's address space", mm.error());
-	mm_ = std::move(*mm);
-}
-
-void limit_tables::populate(uint64_t start, uint64_t end)
-{
-	const uint64_t span = arch::entry_span<G>(arch::level::pmd);
-
-	for (uint64_t addr = start & ~(span - 1); addr < end; addr += span) {
-		auto pmd = mm::pmd_alloc_walk(*mm_, addr);
-		if (!pmd)
-			throw_failure("populating the store limit's tables", pmd.error());
-
-		auto pte = mm::pte_alloc(*mm_, *pmd, addr);
-		if (!pte)
-			throw_failure("populating the store limit's tables", pte.error());
-	}
-}
-
-void pte_cursor::find_table(uint64_t table_start)
-{
-	// The tables are populated, so this walk only reads entries.
-	auto pmd = mm::pmd_alloc_walk(mm_, table_start);
-	if (!pmd)
-		throw_failure("walking the store limit's tables", pmd.error());
-
-	table_ = mm::entry_offset(mm_, *pmd, arch::level::pte, table_start);
-	table_start_ = table_start;
-}
-
 } // namespace ptl::bench

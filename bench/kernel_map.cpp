@@ -63,6 +63,7 @@ private:
 	size_t count_ = 0;
 };
 
+template <class G>
 class kernel_map final : public scenario {
 public:
 	explicit kernel_map(const bench_options &options)
@@ -94,7 +95,7 @@ public:
 	{
 		const uint64_t thread_pages = uint64_t{window_} * area_pages(batch_);
 		reset_frame_order(pool_);
-		limit_tables tables(pool_, mm::mm_kind::kernel);
+		limit_tables<G> tables(pool_, mm::mm_kind::kernel);
 		tables.populate(G::vmalloc_start, G::vmalloc_start + threads * thread_pages * arch::page_size);
 
 		// Each page's entry is set and cleared.
@@ -123,8 +124,9 @@ private:
 		std::vector<phys::pfn_t> frames(batch_);
 		live_window live(window_);
 
+		// Frame numbers wrap at the format's largest, as limit_entry's do.
 		for (unsigned i = 0; i < batch_; i++)
-			frames[i] = first + i;
+			frames[i] = (first + i) & G::format::max_pfn;
 
 		for (uint64_t page = first; page < last; page += batch_) {
 			if (live.full())
@@ -154,7 +156,7 @@ private:
 	// slot of the batch it replaces, after clearing that batch.
 	void store_share(mm::mm_struct<G> &mm, uint64_t base, uint64_t first, uint64_t last)
 	{
-		pte_cursor cursor(mm);
+		pte_cursor<G> cursor(mm);
 		const uint64_t batches = (last - first + batch_ - 1) / batch_;
 		const uint64_t slot_bytes = area_pages(batch_) * arch::page_size;
 
@@ -167,7 +169,7 @@ private:
 			const uint64_t n = std::min<uint64_t>(batch_, last - page);
 			for (uint64_t i = 0; i < n; i++)
 				cursor.slot(addr + i * arch::page_size)
-					->store(limit_entry(page + i, kernel::page_kernel), std::memory_order_release);
+					->store(limit_entry<G>(page + i, kernel::page_kernel), std::memory_order_release);
 		}
 
 		// The last batch may be short. Clearing a full batch there costs
@@ -176,7 +178,7 @@ private:
 			clear_batch(cursor, base + (b % window_) * slot_bytes, batch_);
 	}
 
-	static void clear_batch(pte_cursor &cursor, uint64_t addr, uint64_t n)
+	static void clear_batch(pte_cursor<G> &cursor, uint64_t addr, uint64_t n)
 	{
 		for (uint64_t i = 0; i < n; i++)
 			cursor.slot(addr + i * arch::page_size)->store(0, std::memory_order_relaxed);
@@ -191,10 +193,18 @@ private:
 
 } // namespace
 
+template <class G>
+uint64_t vmalloc_pages()
+{
+	return (G::vmalloc_end - G::vmalloc_start) / arch::page_size;
+}
+
 void check_kernel_map_options(const bench_options &options)
 {
 	const uint64_t footprint = footprint_pages(options);
-	const uint64_t vmalloc_pages = (G::vmalloc_end - G::vmalloc_start) / arch::page_size;
+	const uint64_t vmalloc_pages = arch::with_profile(options.arch, [](auto profile) {
+		return bench::vmalloc_pages<typename decltype(profile)::type>();
+	});
 
 	// A quarter leaves the first-fit allocator room for fragmentation.
 	if (footprint > vmalloc_pages / 4)
@@ -206,7 +216,10 @@ void check_kernel_map_options(const bench_options &options)
 
 std::unique_ptr<scenario> make_kernel_map(const bench_options &options)
 {
-	return std::make_unique<kernel_map>(options);
+	return arch::with_profile(options.arch, [&](auto profile) -> std::unique_ptr<scenario> {
+		using G = typename decltype(profile)::type;
+		return std::make_unique<kernel_map<G>>(options);
+	});
 }
 
 } // namespace ptl::bench

@@ -31,6 +31,7 @@ tools::process_image read_image(int pid, std::string &process)
 	return image;
 }
 
+template <class G>
 class replay final : public scenario {
 public:
 	replay(const bench_options &options, std::string &process)
@@ -61,7 +62,7 @@ public:
 	run_timing run_store_limit(unsigned threads) override
 	{
 		reset_frame_order(pool_);
-		limit_tables tables(pool_, mm::mm_kind::user);
+		limit_tables<G> tables(pool_, mm::mm_kind::user);
 		populate_image(tables);
 
 		return run_limit_passes(threads, units(), [&](unsigned i) {
@@ -71,16 +72,24 @@ public:
 
 private:
 	// Reads the process named by --pid, or a demo child started for the
-	// purpose and killed once it has been read.
+	// purpose and killed once it has been read, and checks that G can hold
+	// it.
 	static tools::process_image read_target(const bench_options &options, std::string &process)
 	{
 		if (options.pid != 0)
-			return read_image(options.pid, process);
+			return read_fitting_image(options.pid, process);
 
 		const uint64_t pages = pages_for(options, scenario_kind::replay);
 		report(options, fmt::format("starting a demo child that touches {} pages", pages));
 		tools::demo_child child(demo_bytes(pages));
-		return read_image(child.pid(), process);
+		return read_fitting_image(child.pid(), process);
+	}
+
+	static tools::process_image read_fitting_image(int pid, std::string &process)
+	{
+		tools::process_image image = read_image(pid, process);
+		tools::check_image_fits<G>(image, fmt::format("process {}", process));
+		return image;
 	}
 
 	static void report(const bench_options &options, const std::string &line)
@@ -89,7 +98,7 @@ private:
 			options.progress(line);
 	}
 
-	void insert_share(tools::replay_space &space, unsigned index, unsigned threads)
+	void insert_share(user::user_space<G> &space, unsigned index, unsigned threads)
 	{
 		const uint64_t first = slice_begin(units(), index, threads);
 		const uint64_t last = slice_end(units(), index, threads);
@@ -101,7 +110,7 @@ private:
 
 	// Populates the tables of every present page; the pages are in address
 	// order, so each PTE table is populated once.
-	void populate_image(limit_tables &tables)
+	void populate_image(limit_tables<G> &tables)
 	{
 		const uint64_t span = arch::entry_span<G>(arch::level::pmd);
 		uint64_t populated = 1; // no table starts at an odd address
@@ -116,11 +125,11 @@ private:
 
 	void store_share(mm::mm_struct<G> &mm, uint64_t first, uint64_t last)
 	{
-		pte_cursor cursor(mm);
+		pte_cursor<G> cursor(mm);
 
 		for (uint64_t i = first; i < last; i++) {
 			const auto &page = image_.pages[i];
-			cursor.slot(page.addr)->store(limit_entry(page.pfn, replay_pte_prot), std::memory_order_release);
+			cursor.slot(page.addr)->store(limit_entry<G>(page.pfn, replay_pte_prot), std::memory_order_release);
 		}
 	}
 
@@ -139,9 +148,12 @@ void check_replay_options(const bench_options &options)
 
 std::unique_ptr<scenario> make_replay(const bench_options &options, std::string &process, uint64_t &pages)
 {
-	auto s = std::make_unique<replay>(options, process);
-	pages = s->units();
-	return s;
+	return arch::with_profile(options.arch, [&](auto profile) -> std::unique_ptr<scenario> {
+		using G = typename decltype(profile)::type;
+		auto s = std::make_unique<replay<G>>(options, process);
+		pages = s->units();
+		return s;
+	});
 }
 
 } // namespace ptl::bench

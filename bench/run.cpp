@@ -339,6 +339,9 @@ void validate(const bench_options &options)
 	check_count("window size", options.window, max_batch);
 	if (options.pid < 0)
 		throw std::invalid_argument(fmt::format("process id {} is invalid; use a positive id", options.pid));
+	if (!options.arch.empty() && !arch::is_profile_name(options.arch))
+		throw std::invalid_argument(fmt::format("unknown geometry '{}'; choose from {}", options.arch,
+							arch::profile_name_list()));
 
 	for (scenario_kind kind : options.scenarios)
 		check_scenario_options(kind, options);
@@ -352,7 +355,7 @@ bench_report run_bench(const bench_options &requested)
 
 	bench_report report;
 	report.machine = read_machine_info();
-	report.arch = std::string(G::name);
+	report.arch = options.arch.empty() ? std::string(arch::native::name) : options.arch;
 	report.options = options;
 	report.options.progress = nullptr;
 

@@ -5,7 +5,7 @@
 
 #include "bench.hpp"
 
-#include <ptl/arch/profiles.hpp>
+#include <ptl/arch/registry.hpp>
 #include <ptl/mm/populate.hpp>
 
 #include <functional>
@@ -15,6 +15,8 @@
 
 namespace ptl::bench {
 
+// The native geometry, for the parts of ptl bench that take no --arch
+// (bench peers). The scenarios are templates over their geometry instead.
 using G = arch::native;
 
 // Wall time of one timed run, and the CPU time its threads got meanwhile.
@@ -60,7 +62,8 @@ void check_fault_options(const bench_options &options);
 void check_replay_options(const bench_options &options);
 
 // Each constructor does the scenario's untimed setup: sizing and
-// prefaulting its frame pool, and for replay reading the process.
+// prefaulting its frame pool, and for replay reading the process. The
+// scenario builds tables in the geometry options.arch names.
 std::unique_ptr<scenario> make_kernel_map(const bench_options &options);
 std::unique_ptr<scenario> make_fault(const bench_options &options);
 std::unique_ptr<scenario> make_replay(const bench_options &options, std::string &process, uint64_t &pages);
@@ -103,12 +106,32 @@ void check_memory(std::string_view scenario, uint64_t pages, uint64_t bytes);
 // An address space whose PTE tables cover chosen ranges, for the store
 // limit. Its tables are populated before timing, so storing an entry is one
 // release store, as a mapping's final step is.
+template <class G>
 class limit_tables {
 public:
-	limit_tables(phys::frame_pool &pool, mm::mm_kind kind);
+	limit_tables(phys::frame_pool &pool, mm::mm_kind kind)
+	{
+		auto mm = mm::mm_struct<G>::create(pool, kind, mm::lock_mode::pushdown);
+		if (!mm)
+			throw_failure("creating the store limit's address space", mm.error());
+		mm_ = std::move(*mm);
+	}
 
 	// Populates every table that [start, end) needs.
-	void populate(uint64_t start, uint64_t end);
+	void populate(uint64_t start, uint64_t end)
+	{
+		const uint64_t span = arch::entry_span<G>(arch::level::pmd);
+
+		for (uint64_t addr = start & ~(span - 1); addr < end; addr += span) {
+			auto pmd = mm::pmd_alloc_walk(*mm_, addr);
+			if (!pmd)
+				throw_failure("populating the store limit's tables", pmd.error());
+
+			auto pte = mm::pte_alloc(*mm_, *pmd, addr);
+			if (!pte)
+				throw_failure("populating the store limit's tables", pte.error());
+		}
+	}
 
 	mm::mm_struct<G> &mm() { return *mm_; }
 
@@ -118,9 +141,10 @@ private:
 
 // Finds the PTE slot of an address in populated tables, walking from the
 // pgd only when the address leaves the PTE table of the previous one.
+template <class G>
 class pte_cursor {
 public:
-	using slot_t = mm::mm_struct<G>::slot_t;
+	using slot_t = typename mm::mm_struct<G>::slot_t;
 
 	explicit pte_cursor(mm::mm_struct<G> &mm) : mm_(mm) {}
 
@@ -135,7 +159,16 @@ public:
 	}
 
 private:
-	void find_table(uint64_t table_start);
+	void find_table(uint64_t table_start)
+	{
+		// The tables are populated, so this walk only reads entries.
+		auto pmd = mm::pmd_alloc_walk(mm_, table_start);
+		if (!pmd)
+			throw_failure("walking the store limit's tables", pmd.error());
+
+		table_ = mm::entry_offset(mm_, *pmd, arch::level::pte, table_start);
+		table_start_ = table_start;
+	}
 
 	mm::mm_struct<G> &mm_;
 	uint64_t table_start_ = 1; // no table starts at an odd address
@@ -143,9 +176,10 @@ private:
 };
 
 // The entry a limit stores for the page at index i: a bare frame number.
-inline G::entry_t limit_entry(uint64_t i, uint64_t prot)
+template <class G>
+typename G::entry_t limit_entry(uint64_t i, uint64_t prot)
 {
-	return static_cast<G::entry_t>(G::format::make(i & G::format::max_pfn, prot));
+	return static_cast<typename G::entry_t>(G::format::make(i & G::format::max_pfn, prot));
 }
 
 } // namespace ptl::bench

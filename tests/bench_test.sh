@@ -144,8 +144,19 @@ if run_ok "bench replays own shell" "$ptl" bench --scenarios replay --pid $$ --m
 	check_output "bench names the replayed process" "\"replay_process\":\"$$ \\(" "$out"
 fi
 
+# --arch builds every scenario's tables in the named geometry.
+for geometry in i386 i386_pae arm64_4k; do
+	if run_ok "bench --arch $geometry" "$ptl" bench --arch "$geometry" --scenarios kernel-map,fault "${tiny[@]}" --json --quiet; then
+		check_json "bench --arch $geometry json shape" $((2 * modes * threads)) $((2 * threads))
+		check_output "bench --arch $geometry names it" "\"arch\":\"$geometry\"" "$out"
+	fi
+done
+if run_ok "bench --arch arm64_4k replays own shell" "$ptl" bench --arch arm64_4k --scenarios replay --pid $$ --modes split "${tiny[@]}" --json --quiet; then
+	check_output "bench --arch arm64_4k replay names it" '"arch":"arm64_4k"' "$out"
+fi
+
 if run_ok "bench help" "$ptl" bench --help; then
-	for option in --scenarios --modes --threads --pages --repeat --pid --batch --window --json --csv --quiet --progress; do
+	for option in --scenarios --modes --threads --pages --repeat --pid --batch --window --arch --json --csv --quiet --progress; do
 		check_output "bench help lists $option" "^ +$option " "$out"
 	done
 fi
@@ -164,6 +175,10 @@ bad_input "unknown mode" "unknown lock mode 'rcu'" "$ptl" bench --modes pushdown
 bad_input "negative threads" "-1" "$ptl" bench --threads -1
 bad_input "json and csv" "--json excludes --csv" "$ptl" bench --json --csv
 bad_input "unknown option" "--frobnicate" "$ptl" bench --frobnicate
+bad_input "unknown arch" "unknown geometry 'sparc'; choose from x86_64, x86_64_la57, i386, i386_pae, arm64_4k" \
+	"$ptl" bench --arch sparc
+bad_input "replay into i386" "ends above the i386 user half \(0xc0000000\)" \
+	"$ptl" bench --arch i386 --scenarios replay --pid $$ --pages 16 --repeat 1 --quiet
 bad_input "no such pid" "no such process: $((pid_max + 1))" \
 	"$ptl" bench --scenarios replay --pid "$((pid_max + 1))" --pages 16 --repeat 1 --quiet
 

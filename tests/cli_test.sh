@@ -71,6 +71,24 @@ one_error_line "missing value" "$ptl" replay --threads
 check "no such pid names it" 2 "no such process: $((pid_max + 1))" "$err" "$ptl" replay --pid "$((pid_max + 1))"
 check "threads 0 names the value" 2 "threads.*0" "$err" "$ptl" replay --threads 0
 
+# --arch: the geometries whose user half contains an x86-64 process rebuild
+# and verify it. i386 and i386 PAE, whose user half ends at 3 GiB, reject it
+# and name the first VMA that does not fit.
+for geometry in x86_64 x86_64_la57 arm64_4k; do
+	check "replay --arch $geometry verifies" 0 "\"arch\":\"$geometry\".*\"mismatches\":0," "$out" \
+		"$ptl" replay --arch "$geometry" --threads 2 --demo-mib 4 --json --quiet
+done
+for geometry in i386 i386_pae; do
+	check "replay --arch $geometry rejects x86-64 addresses" 2 \
+		"VMA 0x[0-9a-f]+-0x[0-9a-f]+ ends above the $geometry user half \(0xc0000000\).*hold it: x86_64, x86_64_la57, arm64_4k" \
+		"$err" "$ptl" replay --arch "$geometry" --demo-mib 1 --quiet
+	one_error_line "replay --arch $geometry" "$ptl" replay --arch "$geometry" --demo-mib 1 --quiet
+done
+check "replay unknown arch lists the geometries" 2 \
+	"unknown geometry 'sparc'; choose from x86_64, x86_64_la57, i386, i386_pae, arm64_4k" "$err" \
+	"$ptl" replay --arch sparc
+one_error_line "replay unknown arch" "$ptl" replay --arch sparc
+
 fail() {
 	echo "FAIL $1"
 	failures=$((failures + 1))
@@ -116,6 +134,10 @@ check "replay snapshot says its source" 0 "from snapshot $snap taken [0-9-]+ [0-
 check "replay snapshot verifies" 0 "verification +0 mismatches" "$out" "$ptl" replay "$snap" --threads 2 --quiet
 check "replay snapshot json" 0 '"source":"snapshot"' "$out" "$ptl" replay "$snap" --json
 check "replay live json source" 0 '"source":"process"' "$out" "$ptl" replay --demo-mib 1 --json --quiet
+check "replay snapshot --arch arm64_4k" 0 '"arch":"arm64_4k".*"mismatches":0,' "$out" \
+	"$ptl" replay "$snap" --arch arm64_4k --json
+check "replay snapshot --arch i386 names the file" 2 "$snap: VMA 0x[0-9a-f]+-0x[0-9a-f]+ ends above the i386 user half" \
+	"$err" "$ptl" replay "$snap" --arch i386
 
 # The snapshot of a stopped shell and its replay report the same page count.
 "$ptl" snapshot --pid $$ --stop -o "$scratch/shell.ptlsnap" >"$out" 2>"$err"

@@ -7,6 +7,7 @@
 #include "peers_command.hpp"
 #include "snapshot_command.hpp"
 
+#include <ptl/arch/registry.hpp>
 #include <ptl/tools/proc.hpp>
 #include <ptl/tools/replay.hpp>
 
@@ -54,6 +55,9 @@ void add_replay(CLI::App &app, replay_command &cmd)
 		      "Stop the process (SIGSTOP) while reading it, so maps and pagemap agree; it is resumed after "
 		      "(default off)")
 		->excludes(file);
+	sub->add_option("--arch", cmd.options.arch,
+			fmt::format("Geometry to build the tables in: {} (default {}, the one this ptl was built for)",
+				    ptl::arch::profile_name_list(), ptl::arch::native::name));
 	sub->add_flag("--json", cmd.json, "Print the report as one JSON object (default off: a text report)");
 	sub->add_flag("--progress", cmd.progress,
 		      "Print progress on standard error even when it is not a terminal (default: only on a terminal)");
@@ -108,6 +112,9 @@ void add_bench(CLI::App &app, bench_command &cmd)
 	sub->add_option("--batch", cmd.options.batch, "kernel-map: pages per vmap (default 16)");
 	sub->add_option("--window", cmd.options.window,
 			"kernel-map: vmaps each thread keeps mapped before it unmaps the oldest (default 32)");
+	sub->add_option("--arch", cmd.options.arch,
+			fmt::format("Geometry to build the tables in: {} (default {}, the one this ptl was built for)",
+				    ptl::arch::profile_name_list(), ptl::arch::native::name));
 	sub->add_flag("--vm-map-ram", cmd.options.vm_map_ram,
 		      "kernel-map: map with vm_map_ram, which carves ranges from per-thread vmap blocks, instead of "
 		      "vmap, which takes the vmalloc area lock for every mapping (default: vmap)");

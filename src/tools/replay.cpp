@@ -1,5 +1,6 @@
 #include <ptl/tools/replay.hpp>
 
+#include <ptl/arch/registry.hpp>
 #include <ptl/mm/walk.hpp>
 #include <ptl/tools/proc.hpp>
 #include <ptl/tools/snapshot.hpp>
@@ -23,7 +24,6 @@ namespace ptl::tools {
 
 namespace {
 
-using G = arch::native;
 using clock_type = std::chrono::steady_clock;
 
 // Pages read per pagemap call: 512 KiB of entries.
@@ -61,9 +61,10 @@ private:
 	int pid_;
 };
 
+// The process runs on this machine, so its user half is the native one's.
 bool in_user_half(const vma_record &vma)
 {
-	return vma.end <= G::task_size;
+	return vma.end <= arch::native::task_size;
 }
 
 // Reads the entries of [start, end) in chunks and keeps the present pages.
@@ -145,7 +146,64 @@ size_t image_pool_frames(const process_image &image)
 	return std::max<size_t>(1 << 16, image.pages.size() / 64 + image.vmas.size() * 8);
 }
 
-void create_image_vmas(replay_space &space, const process_image &image)
+namespace {
+
+// The VMA that ends highest; the image's VMAs are in address order.
+uint64_t highest_vma_end(const process_image &image)
+{
+	return image.vmas.empty() ? 0 : image.vmas.back().end;
+}
+
+uint64_t highest_pfn(const process_image &image)
+{
+	uint64_t pfn = 0;
+
+	if (!image.pfns_visible)
+		return 0;
+	for (const auto &page : image.pages)
+		pfn = std::max(pfn, page.pfn);
+	return pfn;
+}
+
+// The profiles whose user half and entries hold every VMA and frame of
+// the image, comma-separated.
+std::string fitting_profiles(const process_image &image)
+{
+	std::string list;
+
+	for (std::string_view name : arch::profile_names) {
+		const bool fits = arch::with_profile(name, [&](auto profile) {
+			using P = typename decltype(profile)::type;
+			return highest_vma_end(image) <= P::task_size && highest_pfn(image) <= P::format::max_pfn;
+		});
+		if (fits)
+			list += (list.empty() ? "" : ", ") + std::string(name);
+	}
+	return list.empty() ? "none" : list;
+}
+
+} // namespace
+
+template <class G>
+void check_image_fits(const process_image &image, std::string_view source)
+{
+	for (const vma_record &vma : image.vmas) {
+		if (vma.end > G::task_size)
+			throw input_error(fmt::format("{}: VMA {:#x}-{:#x} ends above the {} user half ({:#x}), so it "
+						      "cannot be replayed into {}; geometries that hold it: {}",
+						      source, vma.start, vma.end, G::name, G::task_size, G::name,
+						      fitting_profiles(image)));
+	}
+
+	const uint64_t pfn = highest_pfn(image);
+	if (pfn > G::format::max_pfn)
+		throw input_error(fmt::format("{}: frame {:#x} is above the largest frame number {} entries hold "
+					      "({:#x}); geometries that hold it: {}",
+					      source, pfn, G::name, G::format::max_pfn, fitting_profiles(image)));
+}
+
+template <class G>
+void create_image_vmas(user::user_space<G> &space, const process_image &image)
 {
 	for (const auto &vma : image.vmas) {
 		const unsigned sharing = vma.shared ? user::map_shared : user::map_private;
@@ -159,7 +217,8 @@ void create_image_vmas(replay_space &space, const process_image &image)
 
 // Without visible PFNs every page maps frame 0, which is enough to rebuild
 // the same tables.
-uint64_t insert_image_pages(replay_space &space, const process_image &image, size_t first, size_t last)
+template <class G>
+uint64_t insert_image_pages(user::user_space<G> &space, const process_image &image, size_t first, size_t last)
 {
 	uint64_t failures = 0;
 
@@ -173,7 +232,8 @@ uint64_t insert_image_pages(replay_space &space, const process_image &image, siz
 
 // Splits the pages into one contiguous slice per thread, so neighbouring
 // threads race only on the directory tables at slice edges.
-double rebuild_image(replay_space &space, const process_image &image, unsigned threads)
+template <class G>
+double rebuild_image(user::user_space<G> &space, const process_image &image, unsigned threads)
 {
 	std::atomic<uint64_t> failures{0};
 	std::vector<std::thread> workers;
@@ -196,8 +256,17 @@ double rebuild_image(replay_space &space, const process_image &image, unsigned t
 	return elapsed;
 }
 
+#define PTL_INSTANTIATE_IMAGE_FUNCTIONS(G)                                                                            \
+	template void check_image_fits<G>(const process_image &, std::string_view);                                   \
+	template void create_image_vmas<G>(user::user_space<G> &, const process_image &);                             \
+	template uint64_t insert_image_pages<G>(user::user_space<G> &, const process_image &, size_t, size_t);        \
+	template double rebuild_image<G>(user::user_space<G> &, const process_image &, unsigned);
+PTL_FOR_EACH_PROFILE(PTL_INSTANTIATE_IMAGE_FUNCTIONS)
+#undef PTL_INSTANTIATE_IMAGE_FUNCTIONS
+
 namespace {
 
+template <class G>
 uint64_t count_mismatches(const mm::mm_struct<G> &mm, const process_image &image)
 {
 	uint64_t mismatches = 0;
@@ -237,6 +306,7 @@ uint64_t count_huge_candidates(const process_image &image)
 	return candidates;
 }
 
+template <class G>
 replay_report replay_image(const process_image &image, const replay_options &options)
 {
 	replay_report report;
@@ -283,6 +353,17 @@ replay_report replay_image(const process_image &image, const replay_options &opt
 
 namespace {
 
+// Checks that the geometry options.arch names can hold the image, then
+// rebuilds and verifies it there. source names the image in errors.
+replay_report replay_in_profile(const process_image &image, const replay_options &options, std::string_view source)
+{
+	return arch::with_profile(options.arch, [&](auto profile) {
+		using G = typename decltype(profile)::type;
+		check_image_fits<G>(image, source);
+		return replay_image<G>(image, options);
+	});
+}
+
 // Replays a snapshot file as run_replay replays a live process; only the
 // source of the image differs.
 replay_report replay_snapshot_file(const replay_options &options)
@@ -290,10 +371,9 @@ replay_report replay_snapshot_file(const replay_options &options)
 	const auto read_start = clock_type::now();
 	report_progress(options, fmt::format("loading snapshot {}", options.snapshot_path));
 	const snapshot snap = load_snapshot(options.snapshot_path);
-	check_snapshot_fits(snap, options.snapshot_path);
 	const double read_seconds = seconds_since(read_start);
 
-	replay_report report = replay_image(snap.image, options);
+	replay_report report = replay_in_profile(snap.image, options, options.snapshot_path);
 	report.pid = snap.pid;
 	report.snapshot_path = options.snapshot_path;
 	report.snapshot_time = snap.time;
@@ -316,6 +396,9 @@ replay_report run_replay(const replay_options &options)
 {
 	if (options.threads == 0)
 		throw std::invalid_argument("thread count 0 is invalid; use --threads 1 or more");
+	if (!options.arch.empty() && !arch::is_profile_name(options.arch))
+		throw std::invalid_argument(fmt::format("unknown geometry '{}'; choose from {}", options.arch,
+							arch::profile_name_list()));
 	if (!options.snapshot_path.empty())
 		return replay_snapshot_file(options);
 
@@ -332,7 +415,7 @@ replay_report run_replay(const replay_options &options)
 	const process_image image = read_process_image(pid, options.stop_target);
 	const double read_seconds = seconds_since(read_start);
 
-	replay_report report = replay_image(image, options);
+	replay_report report = replay_in_profile(image, options, fmt::format("process {}", pid));
 	report.pid = pid;
 	report.demo_child = child != nullptr;
 	report.read_seconds = read_seconds;

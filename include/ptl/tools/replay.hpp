@@ -17,6 +17,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace ptl::user {
@@ -26,6 +27,7 @@ class user_space;
 
 namespace ptl::tools {
 
+// A replay's address space in the native geometry.
 using replay_space = user::user_space<arch::native>;
 
 // A present page of the process and the frame the kernel reported for it.
@@ -50,6 +52,7 @@ struct replay_options {
 	unsigned threads = 1;                      // threads inserting pages; at least 1
 	uint64_t demo_bytes = 256ull << 20;        // size of the demo child's mapping
 	bool stop_target = false;                  // SIGSTOP the process while reading it
+	std::string arch;                          // geometry to build (arch::profile_names); empty: native
 	std::string snapshot_path;                 // non-empty: replay this snapshot file, not a process
 	std::function<void(const std::string &)> progress; // progress lines, if set
 };
@@ -95,24 +98,37 @@ process_image read_process_image(int pid, bool stop);
 // are bare PFNs and take none.
 size_t image_pool_frames(const process_image &image);
 
+// Checks that geometry G can hold the image: every VMA ends inside G's user
+// half and every frame number fits G's entries. Throws input_error naming
+// source (a file or process) and the first VMA that does not fit, or the
+// highest frame number when that does not.
+template <class G>
+void check_image_fits(const process_image &image, std::string_view source);
+
 // Creates one PFN-mapped VMA in space for each VMA of the image. Throws
 // std::runtime_error when one cannot be created.
-void create_image_vmas(replay_space &space, const process_image &image);
+template <class G>
+void create_image_vmas(user::user_space<G> &space, const process_image &image);
 
 // Inserts pages [first, last) of the image into space, which holds the
 // image's VMAs, and returns how many could not be inserted. Safe to call
 // from several threads on disjoint slices.
-uint64_t insert_image_pages(replay_space &space, const process_image &image, size_t first, size_t last);
+template <class G>
+uint64_t insert_image_pages(user::user_space<G> &space, const process_image &image, size_t first, size_t last);
 
 // Inserts every page of the image into space with the given number of
 // threads, each taking one contiguous slice, and returns the seconds from
 // starting the first thread to joining the last. Throws std::runtime_error
 // when a page cannot be inserted.
-double rebuild_image(replay_space &space, const process_image &image, unsigned threads);
+template <class G>
+double rebuild_image(user::user_space<G> &space, const process_image &image, unsigned threads);
+
+// The image functions above exist for every profile of arch/registry.hpp.
 
 // Runs the replay. Throws input_error for bad input (no such process, an
-// unreadable or malformed /proc file) and std::invalid_argument for bad
-// options.
+// unreadable or malformed /proc file, a process that options.arch cannot
+// hold) and std::invalid_argument for bad options, an unknown arch among
+// them.
 replay_report run_replay(const replay_options &options);
 
 std::string format_report_text(const replay_report &report);
