@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cstring>
 #include <new>
 #include <stdexcept>
@@ -230,6 +231,7 @@ result<pfn_t> frame_pool::alloc(alloc_site site)
 	}
 
 	meta_[pfn].owner.store(nullptr, std::memory_order_relaxed);
+	meta_[pfn].refcount.store(1, std::memory_order_relaxed);
 	meta_[pfn].state.store(static_cast<uint8_t>(site_slot(site) + 1), std::memory_order_release);
 	return pfn;
 }
@@ -246,6 +248,7 @@ void frame_pool::free(pfn_t pfn)
 		double_frees_.fetch_add(1, std::memory_order_relaxed);
 		return;
 	}
+	meta_[pfn].refcount.store(0, std::memory_order_relaxed);
 
 	shard &s = current_shard();
 	sync::spin_guard guard(s.lock);
@@ -254,6 +257,43 @@ void frame_pool::free(pfn_t pfn)
 	s.frames[s.count++] = pfn | frame_used;
 	s.in_use_by_site[state - 1u]--;
 	s.frees++;
+}
+
+void frame_pool::get_page(pfn_t pfn)
+{
+	const uint32_t before = meta_[pfn].refcount.fetch_add(1, std::memory_order_relaxed);
+	assert(before != 0 && "get_page on a free frame");
+	(void)before;
+}
+
+void frame_pool::put_page(pfn_t pfn)
+{
+	if (pfn >= nr_frames_) {
+		double_frees_.fetch_add(1, std::memory_order_relaxed);
+		return;
+	}
+
+	std::atomic<uint32_t> &refcount = meta_[pfn].refcount;
+	uint32_t count = refcount.load(std::memory_order_relaxed);
+	do {
+		if (count == 0) {
+			double_frees_.fetch_add(1, std::memory_order_relaxed);
+			return;
+		}
+		// acq_rel: the last holder, which frees the frame, must see
+		// every write that the other holders made to it.
+	} while (!refcount.compare_exchange_weak(count, count - 1, std::memory_order_acq_rel,
+						  std::memory_order_relaxed));
+
+	if (count == 1)
+		free(pfn);
+}
+
+uint32_t frame_pool::page_count(pfn_t pfn) const
+{
+	if (pfn >= nr_frames_)
+		return 0;
+	return meta_[pfn].refcount.load(std::memory_order_acquire);
 }
 
 std::optional<alloc_site> frame_pool::site_of(pfn_t pfn) const

@@ -56,6 +56,10 @@ struct page {
 	std::atomic<void *> owner{nullptr};
 	// Lock of a PTE table in split-lock mode.
 	sync::spinlock ptl;
+	// References to the frame (Linux's page_count): alloc sets 1, and a
+	// data frame gains one more for each further PTE that maps it (fork)
+	// and for each fault that copies it with the PTE lock dropped.
+	std::atomic<uint32_t> refcount{0};
 };
 
 struct pool_stats {
@@ -84,6 +88,15 @@ public:
 	// Returns a frame to the pool. A frame that is already free is counted
 	// in double_frees and left alone, so audits can report the bug.
 	void free(pfn_t pfn);
+
+	// Takes one more reference to an allocated frame (get_page).
+	void get_page(pfn_t pfn);
+	// Drops one reference (put_page) and frees the frame when it was the
+	// last. Dropping a reference that is not there counts in double_frees.
+	void put_page(pfn_t pfn);
+	// References the frame has now: 0 when it is free.
+	uint32_t page_count(pfn_t pfn) const;
+
 
 	void *frame_address(pfn_t pfn) const { return base_ + pfn * frame_size; }
 	pfn_t pfn_of(const void *address) const

@@ -14,6 +14,8 @@
 #include <ptl/mm/pte_lock.hpp>
 #include <ptl/user/vma.hpp>
 
+#include <cstring>
+
 namespace ptl::user {
 
 using arch::level;
@@ -23,6 +25,8 @@ enum class fault_outcome {
 	mapped_anon,    // installed a new anonymous data frame
 	mapped_pfn,     // installed a frame of a PFN-mapped VMA
 	already_mapped, // found the PTE installed (by a racing fault) and left it
+	wp_reused,      // made a write-protected PTE writable, keeping its frame
+	wp_copied,      // replaced a write-protected PTE's shared frame with a copy
 };
 
 namespace detail {
@@ -116,10 +120,140 @@ result<fault_outcome> do_linear_pfn_page(mm::mm_struct<G> &mm, const vm_area &vm
 	return installed ? fault_outcome::mapped_pfn : fault_outcome::already_mapped;
 }
 
+// Whether a present PTE allows writing.
+template <class G>
+bool pte_write(typename G::entry_t entry)
+{
+	return (G::format::prot(entry) & arch::prot_write) != 0;
+}
+
+// The entry that maps pfn with the protection of entry plus write,
+// accessed and dirty (maybe_mkwrite(pte_mkdirty(pte_mkyoung(pte)))).
+template <class G>
+typename G::entry_t mkwrite_entry(typename G::entry_t entry, pfn_t pfn)
+{
+	const uint64_t prot = G::format::prot(entry) | arch::prot_write | arch::prot_accessed | arch::prot_dirty;
+	return static_cast<typename G::entry_t>(G::format::make(pfn, prot));
+}
+
+// Legacy mode only: drops and retakes the page_table_lock that the caller's
+// walk_guard holds, around a step that must run without it, as the fault
+// path did before the push-down.
+template <class G>
+void legacy_walk_unlock(mm::mm_struct<G> &mm) PTL_NO_THREAD_SAFETY_ANALYSIS
+{
+	if (mm.mode() == mm::lock_mode::legacy)
+		mm.page_table_lock.unlock();
+}
+
+template <class G>
+void legacy_walk_relock(mm::mm_struct<G> &mm) PTL_NO_THREAD_SAFETY_ANALYSIS
+{
+	if (mm.mode() == mm::lock_mode::legacy)
+		mm.page_table_lock.lock();
+}
+
+// Makes the write-protected PTE writable in place (wp_page_reuse). Called
+// with the PTE lock held and entry read under it. Releases the lock. In
+// lockless mode the compare-and-swap fails when a racing fault changed the
+// PTE first, and that fault's entry is kept.
+template <class G>
+fault_outcome wp_page_reuse(mm::mm_struct<G> &mm, mm::pte_map<G> &map, typename G::entry_t entry) PTL_RELEASE(map)
+{
+	const bool installed = mm::pte_install(mm, map, entry, mkwrite_entry<G>(entry, G::format::pfn(entry)));
+
+	mm::pte_unmap_unlock(map);
+	return installed ? fault_outcome::wp_reused : fault_outcome::already_mapped;
+}
+
+// Sets the new PTE after the unlocked copy. Returns whether it was set.
+template <class G>
+bool install_wp_copy(mm::mm_struct<G> &mm, const mm::pte_map<G> &map, typename G::entry_t old_entry,
+		     typename G::entry_t new_entry) PTL_REQUIRES(map)
+{
+#if defined(PTL_MUTANT_WP_NO_RECHECK)
+	// Broken on purpose: the copy replaces whatever the PTE contains now,
+	// even when a racing fault already replaced the shared frame.
+	(void)mm;
+	(void)old_entry;
+	map.pte->store(new_entry, std::memory_order_release);
+	return true;
+#else
+	// Re-check: while the lock was dropped, another thread of this address
+	// space may have broken the sharing of this very PTE. Its frame then
+	// stays, and our copy is surplus.
+	return mm::pte_install(mm, map, old_entry, new_entry);
+#endif
+}
+
+// Replaces the PTE's shared frame with a private copy (wp_page_copy).
+// Called with the PTE lock held and entry read under it; releases it. The
+// lock is dropped while the new frame is allocated and filled, as Linux
+// drops it because allocation may sleep. A reference on the old frame keeps
+// it from being freed meanwhile: the other address spaces that share it
+// may zap it or copy it away.
+template <class G>
+result<fault_outcome> wp_page_copy(mm::mm_struct<G> &mm, slot_t<G> *pmd, uint64_t addr, mm::pte_map<G> &map,
+				   typename G::entry_t entry) PTL_RELEASE(map)
+{
+	phys::frame_pool &pool = mm.pool();
+	const pfn_t old_pfn = G::format::pfn(entry);
+
+	pool.get_page(old_pfn);
+	mm::pte_unmap_unlock(map);
+	legacy_walk_unlock(mm);
+	PTL_HOOK(hooks::point::wp_copy_unlocked, arch::level_index(level::pte), addr, &mm);
+
+	auto frame = pool.alloc(phys::alloc_site::data);
+	if (frame)
+		std::memcpy(pool.frame_address(*frame), pool.frame_address(old_pfn), phys::frame_size);
+
+	legacy_walk_relock(mm);
+	if (!frame) {
+		pool.put_page(old_pfn);
+		return fail(errc::no_memory);
+	}
+
+	mm::pte_offset_map_lock(mm, pmd, addr, map);
+	const bool installed = install_wp_copy(mm, map, entry, mkwrite_entry<G>(entry, *frame));
+	mm::pte_unmap_unlock(map);
+
+	// Frames are freed after the PTE lock is dropped, as zap frees them.
+	pool.put_page(old_pfn);
+	if (!installed) {
+		pool.put_page(*frame);
+		return fault_outcome::already_mapped;
+	}
+	pool.put_page(old_pfn); // the reference of the PTE just replaced
+	return fault_outcome::wp_copied;
+}
+
+// Handles a write fault on a present, write-protected PTE of a VMA that
+// permits writing (do_wp_page). Called with the PTE lock held and entry
+// read under it; releases the lock. An anonymous page whose frame only this
+// PTE maps is made writable in place. A frame that other PTEs still map
+// (after fork) is copied first. A shared or PFN-mapped VMA's frame is never
+// copied: writes there are meant to reach every mapping.
+template <class G>
+result<fault_outcome> do_wp_page(mm::mm_struct<G> &mm, const vm_area &vma, slot_t<G> *pmd, uint64_t addr,
+				 mm::pte_map<G> &map, typename G::entry_t entry) PTL_RELEASE(map)
+{
+	if (vma.is_pfnmap() || (vma.flags & vm_shared))
+		return wp_page_reuse(mm, map, entry);
+
+	// Only a fork of this address space adds a reference, and fork holds
+	// the mmap_lock exclusively, which this fault holds shared: a count
+	// of 1 stays 1 until the lock is dropped.
+	if (mm.pool().page_count(G::format::pfn(entry)) == 1)
+		return wp_page_reuse(mm, map, entry);
+	return wp_page_copy(mm, pmd, addr, map, entry);
+}
+
 } // namespace detail
 
 // Installs the page of vma at the page-aligned addr, which the caller has
-// checked vma permits for an access of kind a.
+// checked vma permits for an access of kind a. A write to a present,
+// write-protected page breaks its copy-on-write sharing (do_wp_page).
 template <class G>
 result<fault_outcome> handle_pte_fault(mm::mm_struct<G> &mm, const vm_area &vma, uint64_t addr, access_type a)
 {
@@ -138,6 +272,8 @@ result<fault_outcome> handle_pte_fault(mm::mm_struct<G> &mm, const vm_area &vma,
 	// Re-check under the lock: another thread may have faulted the page in
 	// since this one found it missing.
 	const auto entry = mm::pte_read(map);
+	if (a == access_type::write && G::format::present(entry) && !detail::pte_write<G>(entry))
+		return detail::do_wp_page(mm, vma, *pmd, addr, map, entry);
 	if (!G::format::none(entry)) {
 		detail::mark_accessed<G>(map, entry, a);
 		mm::pte_unmap_unlock(map);

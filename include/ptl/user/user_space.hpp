@@ -18,11 +18,15 @@
 #include <ptl/mm/mm.hpp>
 #include <ptl/sync/sharded_counter.hpp>
 #include <ptl/user/fault.hpp>
+#include <ptl/user/fork.hpp>
+#include <ptl/user/mprotect.hpp>
 #include <ptl/user/vma.hpp>
 #include <ptl/user/vma_set.hpp>
 #include <ptl/user/zap.hpp>
 
+#include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -66,6 +70,8 @@ struct user_counters {
 	uint64_t faults_already_mapped = 0; // of those, faults that found the PTE installed
 	uint64_t pages_mapped = 0;          // PTEs installed now, anonymous and PFN-mapped
 	uint64_t anon_pages = 0;            // anonymous pages mapped now, one data frame each
+	uint64_t wp_copies = 0;             // write faults that copied a frame other PTEs share
+	uint64_t wp_reuses = 0;             // write faults that made a write-protected PTE writable
 };
 
 template <class G>
@@ -215,6 +221,86 @@ public:
 		return {};
 	}
 
+	// Sets the protection of the pages in [addr, addr + len) to prot, a set
+	// of mmap_prot bits, as mprotect does. VMAs that cross either end are
+	// split there, and the PTEs already installed change in place. len is
+	// rounded up to whole pages, and a zero len changes nothing. A private
+	// anonymous page whose frame another PTE still maps (after fork) stays
+	// write-protected until its first write copies it.
+	//
+	// Fails with invalid_argument for an unaligned addr, unknown prot bits
+	// or a range that ends above task_size, and with not_found when part
+	// of the range has no VMA (Linux's ENOMEM). Nothing changes on failure.
+	//
+	// NOTE: VMAs have no VM_MAY* flags, so mprotect can grant any access,
+	// also write to a shared PFN-mapped area that was mapped read-only.
+	result<void> mprotect(uint64_t addr, uint64_t len, unsigned prot)
+	{
+		if ((prot & ~known_prot) || !page_aligned(addr) || len > G::task_size)
+			return fail(errc::invalid_argument);
+		if (len == 0)
+			return {};
+		len = page_align(len);
+		if (addr > G::task_size - len)
+			return fail(errc::invalid_argument);
+
+		std::unique_lock lock(mmap_lock_);
+		if (!vmas_.covers(addr, addr + len))
+			return fail(errc::not_found);
+
+		mprotect_range(*mm_, vmas_, addr, addr + len, vm_prot_flags(prot));
+		return {};
+	}
+
+	// Creates the child address space of a fork (dup_mmap): a new space on
+	// the same pool and in the same lock mode, with a copy of every VMA and
+	// of every installed PTE (see fork.hpp). Private anonymous pages become
+	// copy-on-write in both spaces. The parent's mmap_lock is held
+	// exclusively during the copy, so faults in the parent wait for it.
+	//
+	// Fails with no_memory when the pool cannot supply the child's tables.
+	// The partial child is destroyed then, and the parent keeps its pages,
+	// some of them write-protected until their next write fault.
+	result<std::unique_ptr<user_space>> fork()
+	{
+		auto child = create(mm_->pool(), mm_->mode(), mm_->split_pmd());
+		if (!child)
+			return fail(child.error());
+
+		auto copied = copy_into(**child);
+		if (!copied)
+			return fail(copied.error());
+		return std::move(*child);
+	}
+
+	// Copies len bytes from src to user memory at addr, as a store by one
+	// of the process's threads: each page is faulted in for writing first
+	// when its PTE does not allow the store yet, which breaks copy-on-write
+	// sharing. Holds the mmap_lock shared, so the store cannot interleave
+	// with fork's write-protection or with munmap.
+	//
+	// Fails as handle_mm_fault does for the first page it cannot write,
+	// and with invalid_argument for a range above task_size or a frame
+	// outside the pool. The bytes before that page are written.
+	result<void> copy_to_user(uint64_t addr, const void *src, uint64_t len)
+	{
+		const auto *from = static_cast<const std::byte *>(src);
+		return access_user(addr, len, access_type::write, [&](std::byte *frame, uint64_t done, uint64_t n) {
+			std::memcpy(frame, from + done, n);
+		});
+	}
+
+	// Copies len bytes of user memory at addr to dst, as a load by one of
+	// the process's threads: pages not mapped yet are faulted in for
+	// reading. Fails as copy_to_user does.
+	result<void> copy_from_user(void *dst, uint64_t addr, uint64_t len)
+	{
+		auto *to = static_cast<std::byte *>(dst);
+		return access_user(addr, len, access_type::read, [&](std::byte *frame, uint64_t done, uint64_t n) {
+			std::memcpy(to + done, frame, n);
+		});
+	}
+
 	// A copy of the VMA that contains addr (vma_lookup), or nothing.
 	std::optional<vm_area> vma_lookup(uint64_t addr) const
 	{
@@ -248,6 +334,8 @@ public:
 		c.faults_already_mapped = static_cast<uint64_t>(faults_already_mapped_.read());
 		c.pages_mapped = static_cast<uint64_t>(pages_mapped_.read());
 		c.anon_pages = static_cast<uint64_t>(anon_pages_.read());
+		c.wp_copies = static_cast<uint64_t>(wp_copies_.read());
+		c.wp_reuses = static_cast<uint64_t>(wp_reuses_.read());
 		return c;
 	}
 
@@ -337,18 +425,27 @@ private:
 		return *start;
 	}
 
+	// The vm_flags of a set of mmap_prot bits.
+	static uint32_t vm_prot_flags(unsigned prot)
+	{
+		uint32_t flags = vm_none;
+
+		if (prot & prot_read)
+			flags |= vm_read;
+		if (prot & prot_write)
+			flags |= vm_write;
+		if (prot & prot_exec)
+			flags |= vm_exec;
+		return flags;
+	}
+
 	static vm_area make_vma(uint64_t start, uint64_t len, unsigned prot, unsigned flags, std::optional<pfn_t> pfn_base)
 	{
 		vm_area vma;
 		vma.start = start;
 		vma.end = start + len;
 
-		if (prot & prot_read)
-			vma.flags |= vm_read;
-		if (prot & prot_write)
-			vma.flags |= vm_write;
-		if (prot & prot_exec)
-			vma.flags |= vm_exec;
+		vma.flags |= vm_prot_flags(prot);
 		if (flags & map_shared)
 			vma.flags |= vm_shared;
 		if (flags & map_pfnmap)
@@ -407,8 +504,113 @@ private:
 		case fault_outcome::already_mapped:
 			faults_already_mapped_.add(1);
 			break;
+		case fault_outcome::wp_copied:
+			wp_copies_.add(1);
+			break;
+		case fault_outcome::wp_reused:
+			wp_reuses_.add(1);
+			break;
 		}
 	}
+
+	// Copies every VMA and its PTEs into child (dup_mmap). The parent's
+	// mmap_lock is taken first; the child's cannot be contended, because
+	// no other thread can reach the child yet.
+	result<void> copy_into(user_space &child)
+	{
+		std::unique_lock lock(mmap_lock_);
+		std::unique_lock child_lock(child.mmap_lock_);
+
+		for (const auto &entry : vmas_) {
+			const vm_area &vma = entry.second;
+			copy_counts counts;
+
+			// The VMA goes in first, so that the child's teardown zaps
+			// what a failed copy left behind.
+			child.vmas_.insert(vma);
+			auto copied = copy_page_range(*child.mm_, *mm_, vma, counts);
+			child.account_copy(counts);
+			if (!copied)
+				return copied;
+		}
+		return {};
+	}
+
+	void account_copy(const copy_counts &counts)
+	{
+		pages_mapped_.add(static_cast<int64_t>(counts.pages));
+		anon_pages_.add(static_cast<int64_t>(counts.anon_pages));
+	}
+
+	// Whether the PTE entry lets a user access of kind a go ahead without
+	// a fault: present, accessed, and writable and dirty for a write.
+	static bool access_allowed_by(uint64_t prot, access_type a)
+	{
+		if (!(prot & arch::prot_present) || !(prot & arch::prot_accessed))
+			return false;
+		if (a == access_type::write)
+			return (prot & arch::prot_write) && (prot & arch::prot_dirty);
+		return true;
+	}
+
+	// The frame that user page addr maps for an access of kind a, faulting
+	// it in first when its PTE does not allow the access. Called with the
+	// mmap_lock held shared.
+	result<pfn_t> fault_in_page(uint64_t addr, access_type a)
+	{
+		const vm_area *vma = vmas_.lookup(addr);
+		if (!vma)
+			return fail(errc::not_found);
+		if (!access_permitted(*vma, a))
+			return fail(errc::access_fault);
+
+		// A successful fault leaves the PTE as the access needs it, and
+		// only a caller of the exclusive mmap_lock can take that away.
+		// The second try is for a lockless fault that lost its race.
+		for (int attempt = 0; attempt < 3; attempt++) {
+			const auto t = mm::translate(*mm_, addr);
+			if (t && access_allowed_by(t->prot, a))
+				return t->pfn;
+
+			faults_.add(1);
+			auto outcome = handle_pte_fault(*mm_, *vma, addr, a);
+			if (!outcome)
+				return fail(outcome.error());
+			account(*outcome);
+		}
+		return fail(errc::busy);
+	}
+
+	// Runs copy(frame bytes, bytes done, n) over each page's part of
+	// [addr, addr + len), holding the mmap_lock shared throughout.
+	template <class Copy>
+	result<void> access_user(uint64_t addr, uint64_t len, access_type a, Copy copy)
+	{
+		if (len > G::task_size || addr > G::task_size - len)
+			return fail(errc::invalid_argument);
+
+		std::shared_lock lock(mmap_lock_);
+		uint64_t done = 0;
+
+		while (done < len) {
+			const uint64_t at = addr + done;
+			const uint64_t offset = at & (arch::page_size - 1);
+			const uint64_t n = std::min(len - done, arch::page_size - offset);
+
+			auto pfn = fault_in_page(at - offset, a);
+			if (!pfn)
+				return fail(pfn.error());
+			// A PFN-mapped frame may lie outside the pool, with no
+			// memory behind it here.
+			if (!mm_->pool().valid_pfn(*pfn))
+				return fail(errc::invalid_argument);
+
+			copy(static_cast<std::byte *>(mm_->pool().frame_address(*pfn)) + offset, done, n);
+			done += n;
+		}
+		return {};
+	}
+
 
 	void account_zap(const zap_counts &counts)
 	{
@@ -431,6 +633,8 @@ private:
 	sync::sharded_counter faults_already_mapped_;
 	sync::sharded_counter pages_mapped_;
 	sync::sharded_counter anon_pages_;
+	sync::sharded_counter wp_copies_;
+	sync::sharded_counter wp_reuses_;
 };
 
 } // namespace ptl::user

@@ -46,6 +46,20 @@ public:
 		return vma && vma->start < end;
 	}
 
+	// Whether VMAs cover every address of [start, end), leaving no gap.
+	bool covers(uint64_t start, uint64_t end) const
+	{
+		uint64_t addr = start;
+
+		while (addr < end) {
+			const vm_area *vma = lookup(addr);
+			if (!vma)
+				return false;
+			addr = vma->end;
+		}
+		return true;
+	}
+
 	// The caller has checked that the range is free.
 	void insert(const vm_area &vma)
 	{
@@ -70,6 +84,10 @@ public:
 		vmas_.at(vma->start).end = addr;
 		vmas_.emplace(upper.start, upper);
 	}
+
+	// Replaces the vm_flags of the VMA that starts at start, which must
+	// exist. Its range stays as it is.
+	void set_flags(uint64_t start, uint32_t flags) { vmas_.at(start).flags = flags; }
 
 	// Removes and returns the VMAs that lie within [start, end). Both ends
 	// must already be VMA boundaries or free addresses (see split_at).

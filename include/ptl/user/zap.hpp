@@ -88,8 +88,9 @@ void zap_pte_range(mm::mm_struct<G> &mm, const vm_area &vma, typename mm::mm_str
 
 inline void free_gathered(phys::frame_pool &pool, std::vector<pfn_t> &gather)
 {
+	// A frame that fork shared stays until its last PTE is zapped.
 	for (pfn_t pfn : gather)
-		pool.free(pfn);
+		pool.put_page(pfn);
 	gather.clear();
 }
 
