@@ -2,10 +2,10 @@
 // `ptl bench peers`: ptl against the structures a user would otherwise pick
 // to map page numbers to frame numbers, and against the real kernel.
 //
-// Every structure does the same work on the same keys: T threads insert N
-// page-to-frame mappings in disjoint slices, look them up three ways (in
+// Every structure does the same work on the same keys. T threads insert N
+// page-to-frame mappings in disjoint slices and look them up three ways: in
 // address order, in random order, and as a pointer chase where the frame
-// found names the next page), and remove them. Runs are interleaved (for
+// found names the next page. Then they remove them. Runs are interleaved (for
 // each repeat: every layout, thread count and structure), so a slow patch
 // of the machine hits all structures alike, and each result is the median
 // over the repeats.
@@ -24,7 +24,7 @@
 
 namespace ptl::bench::peers {
 
-// Which pages are mapped.
+// The set of pages that a run maps.
 enum class layout_kind {
 	// One contiguous range of N pages.
 	dense,

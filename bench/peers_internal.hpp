@@ -22,7 +22,7 @@ inline constexpr uint64_t no_frame = ~uint64_t{0};
 inline constexpr uint64_t frame_base = 1;
 
 // The pages one run maps, and the orders its operations visit them in.
-// Indices are uint32_t, so a layout holds at most 2^32 pages; the options
+// Indices are uint32_t, so a layout has at most 2^32 pages. The options
 // allow 2^30.
 struct layout {
 	layout_kind kind = layout_kind::dense;
@@ -52,7 +52,7 @@ layout make_replay_layout(const peers_options &options, std::string &process);
 // Computes the chase starts and ends of every thread count.
 void prepare_chases(layout &l, const std::vector<unsigned> &thread_counts);
 
-// What one run of a structure measured.
+// The measurements of one run of a structure.
 struct cycle_sample {
 	std::array<double, nr_ops> seconds{}; // 0 for an operation not run
 	double bytes_per_page = 0;
@@ -61,8 +61,8 @@ struct cycle_sample {
 	double cpu_percent = 0;
 };
 
-// Which operations a run times. The sweep runs insert, random lookups and
-// removal only.
+// The set of operations a run times. The sweep runs insert, random
+// lookups and removal only.
 enum class cycle_ops { all, sweep };
 
 // One structure under test: a name and a function that runs the full cycle

@@ -273,7 +273,7 @@ void add_structure_targets(peers_report &report)
 							  r->ratio, insert_target, false, r->ratio >= insert_target});
 		}
 
-		// The most bytes any ptl mode used, at any thread count.
+		// The maximum bytes per page of any ptl mode at any thread count.
 		double worst = -1;
 		for (const auto &r : report.results) {
 			if (r.layout == kind && r.is_ptl)

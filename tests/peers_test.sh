@@ -86,11 +86,11 @@ bad_input() {
 	fi
 }
 
-# Every layout, structure and thread count, and the kernel comparison:
-# per layout and thread count, 9 structures and 5 ratios; per thread
-# count, 2 kernel runs and 2 ptl runs per mode; targets for the dense and
-# replay layouts (3 lookups per thread count, insert at 2 threads, bytes)
-# and 2 kernel targets per thread count.
+# Every layout, structure and thread count, and the kernel comparison. Per
+# layout and thread count there are 9 structures and 5 ratios. Per thread
+# count there are 2 kernel runs and 2 ptl runs per mode. The dense and
+# replay layouts have 8 targets each: 3 lookups per thread count, insert at
+# 2 threads, and bytes. The kernel adds 2 targets per thread count.
 if run_ok "peers json" "$ptl" bench peers "${tiny[@]}" --json --quiet; then
 	check_json "peers json shape" $((3 * 2 * structures)) $(((2 + 2 * 4) * 2)) 0 $((3 * 2 * 5)) \
 		$((2 * (3 * 2 + 2) + 2 * 2))
