@@ -61,7 +61,11 @@ private:
 	int pid_;
 };
 
-// The process runs on this machine, so its user half is the native one's.
+// Whether the VMA lies in the native geometry's user half; [vsyscall] on
+// x86-64 does not.
+// NOTE: a build whose native geometry has a smaller user half than this
+// machine's (PTL_ARCH=i386 on x86-64) skips the VMAs above it here, even
+// when --arch names a geometry that could hold them.
 bool in_user_half(const vma_record &vma)
 {
 	return vma.end <= arch::native::task_size;
