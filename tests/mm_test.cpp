@@ -213,3 +213,54 @@ TEST(PteAllocKernel, FindsKernelSpaceFromEntry)
 	// Kernel tables carry no user bit.
 	EXPECT_EQ(G::format::prot((*pmd)->load()) & arch::prot_user, 0u);
 }
+
+// The entry that populate writes into a PAE pgd (the PDPT) carries only the
+// present bit and the address: R/W, U/S, A and D are reserved there.
+TEST(PaePopulate, PdptEntryHasOnlyPresentBit)
+{
+	using G = arch::i386_pae;
+	phys::frame_pool pool(64);
+	auto mm = *mm_struct<G>::create(pool, mm_kind::user);
+	const uint64_t addr = 0x4020'0000;
+
+	auto pmd = pmd_alloc_walk(*mm, addr);
+	ASSERT_TRUE(pmd);
+	ASSERT_TRUE(pte_alloc(*mm, *pmd, addr));
+
+	const auto pgd_entry = mm->pgd_offset(addr)->load();
+	EXPECT_EQ(pgd_entry & 0xfff, uint64_t{arch::prot_present});
+	EXPECT_EQ(pgd_entry >> 63, 0u) << "NX is reserved in a PDPT entry";
+	EXPECT_EQ(G::format::pfn(pgd_entry), pool.pfn_of(*pmd));
+
+	const auto pmd_entry = (*pmd)->load();
+	EXPECT_EQ(pmd_entry & 0xfff, G::format::user_table_prot) << "a pmd entry is an ordinary table entry";
+}
+
+// Populate writes arm64 table descriptors: valid, bit 1 set, and the
+// hierarchical execute-never bit for the address space's side.
+TEST(Arm64Populate, TableDescriptorsAtEveryLevel)
+{
+	using G = arch::arm64_4k;
+	using f = G::format;
+	phys::frame_pool pool(64);
+	auto user = *mm_struct<G>::create(pool, mm_kind::user);
+	auto kernel = *kernel_mm<G>::create(pool);
+
+	for (auto *mm : {user.get(), static_cast<mm_struct<G> *>(kernel.get())}) {
+		const bool is_user = mm->kind() == mm_kind::user;
+		const uint64_t addr = is_user ? sample_user_addr<G>() : G::vmalloc_start;
+		SCOPED_TRACE(is_user ? "user" : "kernel");
+
+		auto pmd = pmd_alloc_walk(*mm, addr);
+		ASSERT_TRUE(pmd);
+		ASSERT_TRUE(pte_alloc(*mm, *pmd, addr));
+
+		const uint64_t table_xn = is_user ? f::table_pxn : f::table_uxn;
+		mm_struct<G>::slot_t *pud = entry_offset(*mm, mm->pgd_offset(addr), level::pud, addr);
+		for (const mm_struct<G>::slot_t *entry : {mm->pgd_offset(addr), pud, *pmd}) {
+			const auto e = entry->load();
+			EXPECT_EQ(e & ~f::output_mask, f::desc_valid | f::desc_table_or_page | table_xn);
+			EXPECT_FALSE(f::huge(e));
+		}
+	}
+}
