@@ -5,6 +5,10 @@
 
 #include <ptl/user/user_space.hpp>
 
+#include <fmt/core.h>
+
+#include <cassert>
+
 namespace ptl::bench {
 
 namespace {
@@ -12,6 +16,14 @@ namespace {
 // Flags of an anonymous, writable PTE after a write fault.
 constexpr uint64_t user_pte_prot = arch::prot_present | arch::prot_write | arch::prot_user | arch::prot_accessed |
 				   arch::prot_dirty | arch::prot_nx;
+
+// A data frame per page, a PTE table per 512 pages and the directory tables
+// above them, with room for tables that lockless runs allocate and free when
+// they lose a race.
+size_t pool_frames(uint64_t pages)
+{
+	return pages + pages / 256 + 256;
+}
 
 template <class G>
 class fault final : public scenario {
@@ -62,14 +74,6 @@ public:
 	}
 
 private:
-	// A data frame per page, a PTE table per 512 pages and the directory
-	// tables above them, with room for tables that lockless runs allocate
-	// and free when they lose a race.
-	static size_t pool_frames(uint64_t pages)
-	{
-		return pages + pages / 256 + 256;
-	}
-
 	void fault_share(user::user_space<G> &space, unsigned index, unsigned threads)
 	{
 		const uint64_t last = slice_end(pages_, index, threads);
@@ -102,6 +106,19 @@ private:
 void check_fault_options(const bench_options &options)
 {
 	const uint64_t pages = pages_for(options, scenario_kind::fault);
+
+	// The area is one mmap, which must fit in the user half. The data
+	// frames' numbers fit every profile's entries once it does.
+	arch::with_profile(options.arch, [&](auto profile) {
+		using G = typename decltype(profile)::type;
+		const uint64_t user_pages = (G::task_size - user::mmap_min_addr) / arch::page_size;
+		if (pages > user_pages)
+			throw std::invalid_argument(fmt::format("the fault scenario's area of {} pages does not fit the "
+								"{} pages of the {} user half; use fewer pages",
+								pages, user_pages, G::name));
+		assert(pool_frames(pages) - 1 <= G::format::max_pfn);
+	});
+
 	check_memory("the fault scenario", pages, pages * phys::frame_size);
 }
 

@@ -177,6 +177,8 @@ bad_input "json and csv" "--json excludes --csv" "$ptl" bench --json --csv
 bad_input "unknown option" "--frobnicate" "$ptl" bench --frobnicate
 bad_input "unknown arch" "unknown geometry 'sparc'; choose from x86_64, x86_64_la57, i386, i386_pae, arm64_4k" \
 	"$ptl" bench --arch sparc
+bad_input "fault larger than the i386 user half" "area of 800000 pages does not fit the 786416 pages of the i386 user half" \
+	"$ptl" bench --arch i386 --scenarios fault --pages 800000
 bad_input "replay into i386" "ends above the i386 user half \(0xc0000000\)" \
 	"$ptl" bench --arch i386 --scenarios replay --pid $$ --pages 16 --repeat 1 --quiet
 bad_input "no such pid" "no such process: $((pid_max + 1))" \
