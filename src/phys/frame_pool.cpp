@@ -236,6 +236,45 @@ result<pfn_t> frame_pool::alloc(alloc_site site)
 	return pfn;
 }
 
+result<pfn_t> frame_pool::alloc_contig(uint64_t nr, alloc_site site)
+{
+	assert(nr != 0 && (nr & (nr - 1)) == 0);
+	if (should_fail(site)) {
+		failed_allocs_.fetch_add(1, std::memory_order_relaxed);
+		return fail(errc::no_memory);
+	}
+
+	// Claim [first, first + nr) from the untouched part of the pool; the
+	// frames skipped to align it go to the free list.
+	uint64_t unused = next_unused_.load(std::memory_order_relaxed);
+	uint64_t first;
+	do {
+		first = (unused + nr - 1) & ~(nr - 1);
+		if (first + nr > nr_frames_ || first + nr < first) {
+			failed_allocs_.fetch_add(1, std::memory_order_relaxed);
+			return fail(errc::no_memory);
+		}
+	} while (!next_unused_.compare_exchange_weak(unused, first + nr, std::memory_order_relaxed));
+
+	for (uint64_t pfn = unused; pfn < first; pfn++) {
+		new (&meta_[pfn]) page();
+		push_free(pfn);
+	}
+
+	// Never handed out, so they read as zero, as in refill().
+	for (uint64_t pfn = first; pfn < first + nr; pfn++) {
+		new (&meta_[pfn]) page();
+		meta_[pfn].refcount.store(1, std::memory_order_relaxed);
+		meta_[pfn].state.store(static_cast<uint8_t>(site_slot(site) + 1), std::memory_order_release);
+	}
+
+	shard &s = current_shard();
+	sync::spin_guard guard(s.lock);
+	s.in_use_by_site[site_slot(site)] += static_cast<int64_t>(nr);
+	s.allocs_by_site[site_slot(site)] += nr;
+	return first;
+}
+
 void frame_pool::free(pfn_t pfn)
 {
 	if (pfn >= nr_frames_ || pfn >= next_unused_.load(std::memory_order_relaxed)) {

@@ -21,7 +21,7 @@ using arch::level;
 struct audit_report {
 	std::vector<std::string> problems;
 	std::array<uint64_t, arch::nr_levels> tables{}; // reachable tables per level, all spaces
-	uint64_t leaves = 0;                             // present leaf entries, all spaces
+	uint64_t leaves = 0;                             // base pages mapped by present leaves, all spaces
 
 	bool ok() const { return problems.empty(); }
 	std::string summary() const
@@ -70,7 +70,8 @@ void audit_one(const mm::mm_struct<G> &mm, std::unordered_set<phys::pfn_t> &seen
 						  std::to_string(counters.nr_tables[i]));
 	}
 
-	mm::walk_all(mm, [&](uint64_t, auto, level) { report.leaves++; });
+	// A huge leaf counts as the base pages it maps.
+	mm::walk_all(mm, [&](uint64_t, auto, level l) { report.leaves += arch::entry_span<G>(l) / arch::page_size; });
 
 	if (mm.page_table_lock.is_locked())
 		report.problems.push_back("page_table_lock is still held");

@@ -127,6 +127,32 @@ public:
 		return (*area)->addr;
 	}
 
+	// Maps nr_pages physically contiguous frames from first_pfn at a fresh
+	// kernel address and returns it (vmap_pfn). The area is aligned so
+	// that every block of the range that an aligned pmd or pud entry can
+	// map whole is mapped by one huge leaf, as ioremap does. Unmap with
+	// vunmap. Fails as vmap does.
+	result<uint64_t> vmap_pfn_range(pfn_t first_pfn, uint64_t nr_pages, uint64_t prot = page_kernel)
+	{
+		if (nr_pages == 0 || !valid_kernel_prot(prot) || first_pfn > format::max_pfn ||
+		    nr_pages - 1 > format::max_pfn - first_pfn)
+			return fail(errc::invalid_argument);
+		if (nr_pages > (areas_.end() - areas_.start()) / arch::page_size)
+			return fail(errc::no_space);
+
+		auto area = areas_.reserve(nr_pages * arch::page_size, vm_map, huge_align(first_pfn, nr_pages));
+		if (!area)
+			return fail(area.error());
+
+		map_cursor cursor((*area)->addr, first_pfn);
+		auto r = map_range(**area, prot, cursor);
+		if (!r) {
+			release_area(*area);
+			return fail(r.error());
+		}
+		return (*area)->addr;
+	}
+
 	// Unmaps an area that vmap returned. Fails with errc::invalid_argument
 	// for an unaligned address or an area that vmap did not create, and
 	// with errc::not_found when no area starts at addr.
@@ -274,7 +300,7 @@ public:
 		if (nr_pages > (areas_.end() - areas_.start()) / arch::page_size)
 			return fail(errc::no_space);
 
-		auto area = areas_.reserve(nr_pages * arch::page_size, vm_ioremap);
+		auto area = areas_.reserve(nr_pages * arch::page_size, vm_ioremap, huge_align(first_pfn, nr_pages));
 		if (!area)
 			return fail(area.error());
 		(*area)->phys_addr = phys_addr;
@@ -328,6 +354,22 @@ private:
 	}
 
 	static uint64_t page_offset(uint64_t addr) { return addr & (arch::page_size - 1); }
+
+	// Alignment for the area of a contiguous run of frames: the span of
+	// the largest leaf level whose entry the run can fill at least once
+	// and to whose span its first frame is aligned, so that huge leaves
+	// can map it. A page otherwise.
+	static uint64_t huge_align(pfn_t first_pfn, uint64_t nr_pages)
+	{
+		for (level l : {level::pud, level::pmd}) {
+			if (arch::is_folded<G>(l))
+				continue;
+			const uint64_t frames = arch::entry_span<G>(l) >> arch::page_shift;
+			if (nr_pages >= frames && first_pfn % frames == 0)
+				return arch::entry_span<G>(l);
+		}
+		return arch::page_size;
+	}
 
 	// Rounds size up to whole pages. Fails with errc::invalid_argument for
 	// zero or a size that wraps when rounded.
@@ -384,6 +426,12 @@ private:
 	{
 		mm::table_batch batch;
 		auto released = areas_.release(area, [&](uint64_t floor, uint64_t ceiling) {
+#if defined(PTL_MUTANT_IGNORE_BOUNDS)
+			// Broken on purpose: frees every empty table under the
+			// area, also those that cover a neighbour being mapped.
+			floor = 0;
+			ceiling = 0;
+#endif
 			mm::walk_guard<G> walk(*init_mm_);
 			mm::free_pgd_range(*init_mm_, area->addr, area->end(), floor, ceiling, batch);
 		});

@@ -18,6 +18,7 @@
 #include <ptl/phys/frame_pool.hpp>
 #include <ptl/sync/spinlock.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cassert>
 #include <cstdint>
@@ -99,13 +100,18 @@ public:
 	uint64_t end() const { return end_; }
 
 	// Reserves the lowest free range of size bytes plus a guard page
-	// (get_vm_area). Fails with errc::invalid_argument unless size is a
-	// non-zero multiple of the page size and flags is exactly one vm_flags
-	// value. Fails with errc::no_space when no gap is large enough. The
-	// area stays valid until its owner releases it.
-	result<vm_struct *> reserve(uint64_t size, uint32_t flags) PTL_EXCLUDES(lock_)
+	// (get_vm_area), starting at a multiple of align. Fails with
+	// errc::invalid_argument unless size is a non-zero multiple of the
+	// page size, align a power of two and a multiple of the page size,
+	// and flags exactly one vm_flags value. Fails with errc::no_space when
+	// no gap is large enough. The area stays valid until its owner
+	// releases it.
+	result<vm_struct *> reserve(uint64_t size, uint32_t flags, uint64_t align = arch::page_size)
+		PTL_EXCLUDES(lock_)
 	{
 		if (size == 0 || size % arch::page_size != 0 || !valid_flags(flags))
+			return fail(errc::invalid_argument);
+		if (align < arch::page_size || (align & (align - 1)) != 0)
 			return fail(errc::invalid_argument);
 
 		// The area and its guard page must both fit.
@@ -118,7 +124,7 @@ public:
 
 		sync::spin_guard guard(lock_);
 
-		auto addr = find_gap(size + arch::page_size);
+		auto addr = find_gap(size + arch::page_size, align);
 		if (!addr)
 			return fail(addr.error());
 
@@ -254,23 +260,31 @@ private:
 		return flags == vm_ioremap || flags == vm_alloc || flags == vm_map || flags == vm_ram_blocks;
 	}
 
-	// The lowest address where bytes fit between the reserved ranges,
-	// each of which extends one guard page past its area.
+	// The lowest multiple of align where bytes fit between the reserved
+	// ranges, each of which extends one guard page past its area.
 	// NOTE: this scans every area, as Linux's vmlist search did, so the
 	// cost of reserve() grows with the number of live areas.
-	result<uint64_t> find_gap(uint64_t bytes) const PTL_REQUIRES(lock_)
+	result<uint64_t> find_gap(uint64_t bytes, uint64_t align) const PTL_REQUIRES(lock_)
 	{
-		uint64_t candidate = start_;
+		uint64_t candidate = align_up(start_, align);
 
 		for (const auto &[addr, e] : areas_) {
-			if (addr - candidate >= bytes)
+			if (addr >= candidate && addr - candidate >= bytes)
 				return candidate;
-			candidate = addr + e.area->size + arch::page_size;
+			candidate = std::max(candidate, align_up(addr + e.area->size + arch::page_size, align));
 		}
 
-		if (end_ - candidate >= bytes)
+		if (candidate < end_ && end_ - candidate >= bytes)
 			return candidate;
 		return fail(errc::no_space);
+	}
+
+	// Rounds up to a multiple of align; an address that would wrap goes
+	// to the top, where nothing fits.
+	static uint64_t align_up(uint64_t addr, uint64_t align)
+	{
+		const uint64_t aligned = (addr + align - 1) & ~(align - 1);
+		return aligned < addr ? ~uint64_t{0} & ~(align - 1) : aligned;
 	}
 
 	const uint64_t start_;

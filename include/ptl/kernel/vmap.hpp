@@ -56,12 +56,17 @@ public:
 		return pages_.empty() ? first_pfn_ + index : pages_[index];
 	}
 
-	// Records that the PTE for addr is set. PTEs are set in address order,
-	// so [start, mapped_end) is exactly what this map has set.
-	void note_mapped(uint64_t addr)
+	// Whether the frames are one physically contiguous run, which huge
+	// leaves can map.
+	bool contiguous() const { return pages_.empty(); }
+
+	// Records that [addr, addr + bytes) is mapped. Entries are set in
+	// address order, so [start, mapped_end) is exactly what this map has
+	// set.
+	void note_mapped(uint64_t addr, uint64_t bytes = arch::page_size)
 	{
 		assert(addr == mapped_end_);
-		mapped_end_ = addr + arch::page_size;
+		mapped_end_ = addr + bytes;
 	}
 
 	uint64_t start() const { return start_; }
@@ -98,6 +103,34 @@ result<void> set_kernel_pte(slot_t<G> *pte, pfn_t pfn, uint64_t prot)
 	return {};
 }
 
+// Whether [addr, end) can be one huge leaf at level l (vmap_try_huge_pmd
+// and vmap_try_huge_pud): the geometry has the level, the range is exactly
+// one aligned entry, the frames are contiguous and aligned as well, and
+// the entry is empty. The caller owns the range, so an empty entry stays
+// empty until it sets it.
+template <class G>
+bool can_map_huge(level l, const slot_t<G> *entry, uint64_t addr, uint64_t end, const map_cursor &cursor)
+{
+	if (arch::is_folded<G>(l) || !cursor.contiguous())
+		return false;
+
+	const uint64_t span = arch::entry_span<G>(l);
+	const uint64_t frames = span >> arch::page_shift;
+	return (addr & (span - 1)) == 0 && end - addr == span && cursor.pfn_at(addr) % frames == 0 &&
+	       G::format::none(entry->load(std::memory_order_acquire));
+}
+
+template <class G>
+void set_kernel_huge(slot_t<G> *entry, level l, uint64_t addr, uint64_t prot, map_cursor &cursor)
+{
+	PTL_HOOK(hooks::point::vmap_before_set, arch::level_index(l), addr, nullptr);
+
+	// Release, as for a PTE: a walker that finds the leaf sees the frames.
+	const auto leaf = G::format::make(cursor.pfn_at(addr), prot | arch::prot_huge);
+	entry->store(static_cast<typename G::entry_t>(leaf), std::memory_order_release);
+	cursor.note_mapped(addr, arch::entry_span<G>(l));
+}
+
 template <class G>
 result<void> vmap_pte_range(mm::kernel_pmd<G> pmd, uint64_t addr, uint64_t end, uint64_t prot, map_cursor &cursor)
 {
@@ -127,9 +160,13 @@ result<void> vmap_pmd_range(mm::kernel_mm<G> &init_mm, slot_t<G> *pud, uint64_t 
 	slot_t<G> *slot = *pmd;
 	do {
 		const uint64_t next = arch::entry_end<G>(level::pmd, addr, end);
-		auto r = vmap_pte_range<G>(mm::kernel_pmd<G>(init_mm, slot), addr, next, prot, cursor);
-		if (!r)
-			return r;
+		if (can_map_huge<G>(level::pmd, slot, addr, next, cursor)) {
+			set_kernel_huge<G>(slot, level::pmd, addr, prot, cursor);
+		} else {
+			auto r = vmap_pte_range<G>(mm::kernel_pmd<G>(init_mm, slot), addr, next, prot, cursor);
+			if (!r)
+				return r;
+		}
 		addr = next;
 	} while (slot++, addr != end);
 	return {};
@@ -146,9 +183,13 @@ result<void> vmap_pud_range(mm::kernel_mm<G> &init_mm, slot_t<G> *p4d, uint64_t 
 	slot_t<G> *slot = *pud;
 	do {
 		const uint64_t next = arch::entry_end<G>(level::pud, addr, end);
-		auto r = vmap_pmd_range(init_mm, slot, addr, next, prot, cursor);
-		if (!r)
-			return r;
+		if (can_map_huge<G>(level::pud, slot, addr, next, cursor)) {
+			set_kernel_huge<G>(slot, level::pud, addr, prot, cursor);
+		} else {
+			auto r = vmap_pmd_range(init_mm, slot, addr, next, prot, cursor);
+			if (!r)
+				return r;
+		}
 		addr = next;
 	} while (slot++, addr != end);
 	return {};
@@ -171,6 +212,20 @@ result<void> vmap_p4d_range(mm::kernel_mm<G> &init_mm, slot_t<G> *pgd, uint64_t 
 		addr = next;
 	} while (slot++, addr != end);
 	return {};
+}
+
+// Clears a huge leaf that [addr, end) covers whole, and returns how many
+// base pages it mapped. A kernel range is always unmapped whole, so its
+// leaves never need a split.
+template <class G>
+uint64_t vunmap_huge(slot_t<G> *entry, level l, uint64_t addr, uint64_t end)
+{
+	assert(end - addr == arch::entry_span<G>(l) && "a kernel huge leaf is unmapped in part");
+	(void)addr;
+	(void)end;
+
+	entry->exchange(0, std::memory_order_relaxed);
+	return arch::entry_span<G>(l) >> arch::page_shift;
 }
 
 // Clears the PTEs of [addr, end) below *pmd and returns how many were set.
@@ -206,8 +261,9 @@ uint64_t vunmap_pmd_range(mm::kernel_mm<G> &init_mm, slot_t<G> *pud, uint64_t ad
 	do {
 		const uint64_t next = arch::entry_end<G>(level::pmd, addr, end);
 		const auto e = slot->load(std::memory_order_acquire);
-		assert(!format::huge(e) && "kernel ranges are mapped with 4 KiB pages only");
-		if (!format::none(e))
+		if (format::huge(e))
+			cleared += vunmap_huge<G>(slot, level::pmd, addr, next);
+		else if (!format::none(e))
 			cleared += vunmap_pte_range(init_mm, slot, addr, next);
 		addr = next;
 	} while (slot++, addr != end);
@@ -223,7 +279,10 @@ uint64_t vunmap_pud_range(mm::kernel_mm<G> &init_mm, slot_t<G> *p4d, uint64_t ad
 	slot_t<G> *slot = mm::entry_offset(init_mm, p4d, level::pud, addr);
 	do {
 		const uint64_t next = arch::entry_end<G>(level::pud, addr, end);
-		if (!format::none(slot->load(std::memory_order_acquire)))
+		const auto e = slot->load(std::memory_order_acquire);
+		if (format::huge(e))
+			cleared += vunmap_huge<G>(slot, level::pud, addr, next);
+		else if (!format::none(e))
 			cleared += vunmap_pmd_range(init_mm, slot, addr, next);
 		addr = next;
 	} while (slot++, addr != end);
@@ -268,10 +327,9 @@ result<void> vmap_page_range(mm::kernel_mm<G> &init_mm, uint64_t start, uint64_t
 	return {};
 }
 
-// Clears every PTE of [start, end) and returns how many were set. Tables
-// stay in the tree.
-// TODO: empty page tables are not freed yet, so the kernel tree keeps every
-// table that a map ever populated.
+// Clears every PTE and huge leaf of [start, end) and returns how many base
+// pages were mapped. Tables stay in the tree: the caller frees those left
+// empty when it releases the area (free_pgd_range).
 template <class G>
 uint64_t vunmap_page_range(mm::kernel_mm<G> &init_mm, uint64_t start, uint64_t end)
 {

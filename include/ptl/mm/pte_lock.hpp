@@ -84,7 +84,9 @@ void pte_offset_map_lock(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pmd, u
 
 // pte_alloc_map_lock: populates the PTE table if needed (no lock held while
 // allocating, except the legacy walk's), then maps it locked. Returns true
-// with map held, or false with error set and no lock taken.
+// with map held, or false with error set and no lock taken. The error is
+// busy when *pmd holds a huge leaf, which a racing fault may have installed
+// where this one expected a table: the caller must not index into it.
 template <class G>
 bool pte_alloc_map_lock(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pmd, uint64_t addr, pte_map<G> &map,
 			errc &error) PTL_TRY_ACQUIRE(true, map) PTL_NO_THREAD_SAFETY_ANALYSIS
@@ -94,6 +96,15 @@ bool pte_alloc_map_lock(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pmd, ui
 		error = r.error();
 		return false;
 	}
+
+	// A huge leaf never turns back into a table under a fault: only a
+	// split does that, under the mmap_lock held exclusively.
+#if !defined(PTL_MUTANT_NO_HUGE_RECHECK)
+	if (G::format::huge(pmd->load(std::memory_order_acquire))) {
+		error = errc::busy;
+		return false;
+	}
+#endif
 	pte_offset_map_lock(mm, pmd, addr, map);
 	return true;
 }

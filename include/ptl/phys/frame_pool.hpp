@@ -85,6 +85,14 @@ public:
 	// or a fault was injected for this allocation.
 	result<pfn_t> alloc(alloc_site site);
 
+	// Returns nr physically contiguous zeroed frames, the first aligned to
+	// nr, for a huge page; nr must be a power of two. They come from the
+	// part of the pool never handed out, so this fails with
+	// errc::no_memory once that part is too small, even when enough
+	// frames are free elsewhere (the pool does not compact). Each frame
+	// is freed on its own, with free() or put_page().
+	result<pfn_t> alloc_contig(uint64_t nr, alloc_site site);
+
 	// Returns a frame to the pool. A frame that is already free is counted
 	// in double_frees and left alone, so audits can report the bug.
 	void free(pfn_t pfn);
@@ -96,7 +104,6 @@ public:
 	void put_page(pfn_t pfn);
 	// References the frame has now: 0 when it is free.
 	uint32_t page_count(pfn_t pfn) const;
-
 
 	void *frame_address(pfn_t pfn) const { return base_ + pfn * frame_size; }
 	pfn_t pfn_of(const void *address) const

@@ -12,6 +12,7 @@
 
 #include <ptl/base/hooks.hpp>
 #include <ptl/mm/pte_lock.hpp>
+#include <ptl/user/huge.hpp>
 #include <ptl/user/vma.hpp>
 
 #include <cstring>
@@ -27,6 +28,7 @@ enum class fault_outcome {
 	already_mapped, // found the PTE installed (by a racing fault) and left it
 	wp_reused,      // made a write-protected PTE writable, keeping its frame
 	wp_copied,      // replaced a write-protected PTE's shared frame with a copy
+	mapped_huge,    // installed a huge pmd leaf of new contiguous data frames
 };
 
 namespace detail {
@@ -249,6 +251,31 @@ result<fault_outcome> do_wp_page(mm::mm_struct<G> &mm, const vm_area &vma, slot_
 	return wp_page_copy(mm, pmd, addr, map, entry);
 }
 
+// A fault in a block that a huge leaf maps (huge_pmd_fault reduced to the
+// cases ptl has): a write to a leaf that mprotect made read-only in a VMA
+// that is writable again makes it writable in place; otherwise the page is
+// there, and the leaf gets its accessed and dirty bits. Huge leaves are
+// never shared (fork splits them), so no copy is needed.
+template <class G>
+fault_outcome huge_pmd_fault(mm::mm_struct<G> &mm, slot_t<G> *pmd, access_type a)
+{
+	const auto leaf = pmd->load(std::memory_order_acquire);
+	if (a == access_type::write && !pte_write<G>(leaf)) {
+		const auto writable = mkwrite_entry<G>(leaf, G::format::pfn(leaf)) | arch::prot_huge;
+		if (pmd_install(mm, pmd, leaf, static_cast<typename G::entry_t>(writable)))
+			return fault_outcome::wp_reused;
+		return fault_outcome::already_mapped;
+	}
+
+	// Accessed and dirty through the format, whose bits need not be the
+	// neutral ones. A racing change of the leaf wins: the bits are hints.
+	const uint64_t bits = arch::prot_accessed | (a == access_type::write ? uint64_t{arch::prot_dirty} : 0);
+	const auto marked = G::format::make(G::format::pfn(leaf), G::format::prot(leaf) | bits);
+	if (marked != leaf)
+		pmd_install(mm, pmd, leaf, static_cast<typename G::entry_t>(marked));
+	return fault_outcome::already_mapped;
+}
+
 } // namespace detail
 
 // Installs the page of vma at the page-aligned addr, which the caller has
@@ -263,10 +290,18 @@ result<fault_outcome> handle_pte_fault(mm::mm_struct<G> &mm, const vm_area &vma,
 	if (!pmd)
 		return fail(pmd.error());
 
+	if (huge_fault_allowed<G>(vma, addr) && do_huge_pmd_anonymous_page(mm, vma, *pmd, addr, a))
+		return fault_outcome::mapped_huge;
+
 	mm::pte_map<G> map;
 	errc error{};
-	if (!mm::pte_alloc_map_lock(mm, *pmd, addr, map, error))
+	if (!mm::pte_alloc_map_lock(mm, *pmd, addr, map, error)) {
+		// A huge leaf maps the block, installed before this fault or
+		// by a racing one.
+		if (error == errc::busy)
+			return detail::huge_pmd_fault(mm, *pmd, a);
 		return fail(error);
+	}
 	PTL_HOOK(hooks::point::fault_locked, arch::level_index(level::pte), addr, &mm);
 
 	// Re-check under the lock: another thread may have faulted the page in

@@ -16,6 +16,7 @@
 
 #include <ptl/mm/free_pgtables.hpp>
 #include <ptl/mm/mm.hpp>
+#include <ptl/mm/walk.hpp>
 #include <ptl/sync/sharded_counter.hpp>
 #include <ptl/user/fault.hpp>
 #include <ptl/user/fork.hpp>
@@ -58,6 +59,12 @@ enum mmap_flags : unsigned {
 	// given by mmap's pfn_base or inserted later with insert_pfn, as a
 	// device driver's mmap handler would set up.
 	map_pfnmap = 0x40000000,
+	// ptl's own flag. An anonymous private area that maps each aligned
+	// pmd-sized block it wholly contains with one huge pmd leaf, as
+	// madvise(MADV_HUGEPAGE) asks of transparent huge pages. Blocks the
+	// pool cannot supply contiguously, and the ragged ends, get small
+	// pages.
+	map_huge = 0x20000000,
 };
 
 // Lowest address mmap hands out or accepts with map_fixed, as Linux's
@@ -97,7 +104,9 @@ public:
 	~user_space()
 	{
 		std::unique_lock lock(mmap_lock_);
-		unmap_range(0, G::task_size);
+		// Both ends are aligned at every level, so no huge leaf needs
+		// a split and this cannot fail.
+		(void)unmap_range(0, G::task_size);
 	}
 
 	user_space(const user_space &) = delete;
@@ -136,8 +145,11 @@ public:
 		if (!start)
 			return fail(start.error());
 
-		if (flags & map_fixed)
-			unmap_range(*start, *start + len);
+		if (flags & map_fixed) {
+			auto unmapped = unmap_range(*start, *start + len);
+			if (!unmapped)
+				return fail(unmapped.error());
+		}
 
 		vmas_.insert(make_vma(*start, len, prot, flags, pfn_base));
 		return *start;
@@ -147,7 +159,8 @@ public:
 	// either end, and zaps their pages. len is rounded up to whole pages,
 	// and a range with no VMA in it is not an error. Fails with
 	// invalid_argument for an unaligned addr, a zero len, or a range that
-	// ends above task_size.
+	// ends above task_size, and with no_memory, changing nothing, when a
+	// huge leaf that crosses an end cannot get the table to split into.
 	result<void> munmap(uint64_t addr, uint64_t len)
 	{
 		if (len == 0 || len > G::task_size || !page_aligned(addr))
@@ -157,8 +170,7 @@ public:
 			return fail(errc::invalid_argument);
 
 		std::unique_lock lock(mmap_lock_);
-		unmap_range(addr, addr + len);
-		return {};
+		return unmap_range(addr, addr + len);
 	}
 
 	// Handles a fault at addr (any byte of the page): maps a zeroed data
@@ -344,7 +356,7 @@ private:
 
 	static constexpr unsigned known_prot = prot_read | prot_write | prot_exec;
 	static constexpr unsigned known_flags =
-		map_shared | map_private | map_fixed | map_anonymous | map_fixed_noreplace | map_pfnmap;
+		map_shared | map_private | map_fixed | map_anonymous | map_fixed_noreplace | map_pfnmap | map_huge;
 
 	static bool page_aligned(uint64_t addr) { return (addr & (arch::page_size - 1)) == 0; }
 
@@ -363,6 +375,8 @@ private:
 		if (!exactly_one(flags, map_anonymous, map_pfnmap))
 			return fail(errc::invalid_argument);
 		if ((flags & map_fixed) && (flags & map_fixed_noreplace))
+			return fail(errc::invalid_argument);
+		if ((flags & map_huge) && (!(flags & map_anonymous) || !(flags & map_private)))
 			return fail(errc::invalid_argument);
 		return {};
 	}
@@ -450,6 +464,8 @@ private:
 			vma.flags |= vm_shared;
 		if (flags & map_pfnmap)
 			vma.flags |= vm_pfnmap;
+		if (flags & map_huge)
+			vma.flags |= vm_hugepage;
 
 		vma.pfn_base = pfn_base;
 		return vma;
@@ -457,18 +473,39 @@ private:
 
 	// Removes the VMAs of [start, end), zaps their pages and frees the
 	// tables that leaves empty. Called with the mmap_lock held exclusively.
-	void unmap_range(uint64_t start, uint64_t end)
+	result<void> unmap_range(uint64_t start, uint64_t end)
 	{
+		auto split = split_huge_leaves_at(start, end);
+		if (!split)
+			return split;
+
 		vmas_.split_at(start);
 		vmas_.split_at(end);
 
 		const std::vector<vm_area> removed = vmas_.remove_range(start, end);
 		if (removed.empty())
-			return;
+			return {};
 
 		for (const vm_area &vma : removed)
 			account_zap(zap_page_range(*mm_, vma, vma.start, vma.end));
 		free_pgtables(removed.front().start, removed.back().end);
+		return {};
+	}
+
+	// Splits the huge leaves that cross start or end, so that a change of
+	// [start, end) leaves the rest of each leaf mapped (split_huge_pmd at
+	// the VMA boundaries, as __split_vma does). Called with the mmap_lock
+	// held exclusively.
+	// Fails with no_memory, changing nothing, when a split cannot get a
+	// table.
+	result<void> split_huge_leaves_at(uint64_t start, uint64_t end)
+	{
+		mm::walk_guard<G> walk(*mm_);
+
+		auto r = split_huge_pmd_address(*mm_, start);
+		if (r)
+			r = split_huge_pmd_address(*mm_, end);
+		return r;
 	}
 
 	// Frees the tables below [start, end) that map nothing now, keeping
@@ -497,6 +534,10 @@ private:
 		case fault_outcome::mapped_anon:
 			anon_pages_.add(1);
 			pages_mapped_.add(1);
+			break;
+		case fault_outcome::mapped_huge:
+			anon_pages_.add(huge_pmd_pages<G>());
+			pages_mapped_.add(huge_pmd_pages<G>());
 			break;
 		case fault_outcome::mapped_pfn:
 			pages_mapped_.add(1);
@@ -610,7 +651,6 @@ private:
 		}
 		return {};
 	}
-
 
 	void account_zap(const zap_counts &counts)
 	{

@@ -27,6 +27,9 @@ enum vm_flags : uint32_t {
 	// The pages are raw frame numbers with no struct page behind them
 	// (VM_PFNMAP). Without the flag the area is anonymous memory.
 	vm_pfnmap = 1u << 10,
+	// Map aligned blocks with huge pmd leaves where the VMA wholly
+	// contains them (VM_HUGEPAGE, as madvise(MADV_HUGEPAGE) sets it).
+	vm_hugepage = 1u << 29,
 };
 
 // The kind of access that faulted.
@@ -49,6 +52,7 @@ struct vm_area {
 	bool contains(uint64_t addr) const { return addr >= start && addr < end; }
 	bool is_pfnmap() const { return (flags & vm_pfnmap) != 0; }
 	bool is_anonymous() const { return !is_pfnmap(); }
+	bool is_huge() const { return (flags & vm_hugepage) != 0; }
 
 	// Frame that a linear PFN-mapped area maps at addr, or nothing.
 	std::optional<pfn_t> linear_pfn(uint64_t addr) const

@@ -8,6 +8,7 @@
 
 #include <ptl/base/hooks.hpp>
 #include <ptl/mm/pte_lock.hpp>
+#include <ptl/user/huge.hpp>
 #include <ptl/user/vma.hpp>
 
 #include <vector>
@@ -33,7 +34,8 @@ struct pmd_lookup {
 };
 
 // Walks down to the pmd entry without populating anything (pmd_offset after
-// checking each level above). The pmd entry it returns is not empty.
+// checking each level above). The pmd entry it returns is not empty: a PTE
+// table or a huge leaf.
 template <class G>
 pmd_lookup<G> find_pmd(const mm::mm_struct<G> &mm, uint64_t addr)
 {
@@ -53,7 +55,6 @@ pmd_lookup<G> find_pmd(const mm::mm_struct<G> &mm, uint64_t addr)
 	const auto pmd = entry->load(std::memory_order_acquire);
 	if (format::none(pmd))
 		return {nullptr, level::pmd};
-	assert(!format::huge(pmd) && "user address spaces have no huge leaves");
 	return {entry, level::pmd};
 }
 
@@ -86,6 +87,31 @@ void zap_pte_range(mm::mm_struct<G> &mm, const vm_area &vma, typename mm::mm_str
 	mm::pte_unmap_unlock(map);
 }
 
+// Clears the huge leaf in *pmd, which [addr, end) covers whole (the caller
+// split the leaves that cross the range's ends), and gathers its frames.
+template <class G>
+void zap_huge_pmd(mm::mm_struct<G> &mm, const vm_area &vma, typename mm::mm_struct<G>::slot_t *pmd, uint64_t addr,
+		  uint64_t end, zap_counts &counts, std::vector<pfn_t> &gather) PTL_NO_THREAD_SAFETY_ANALYSIS
+{
+	assert(end - addr == huge_pmd_size<G>() && "a huge leaf crossing the zap's ends was not split");
+	(void)addr;
+	(void)end;
+
+	sync::spinlock *lock = pmd_lock(mm, pmd);
+	if (lock)
+		lock->lock();
+	const auto leaf = pmd->exchange(0, std::memory_order_acq_rel);
+	if (lock)
+		lock->unlock();
+
+	counts.pages += huge_pmd_pages<G>();
+	if (vma.is_anonymous()) {
+		for (uint64_t i = 0; i < huge_pmd_pages<G>(); i++)
+			gather.push_back(G::format::pfn(leaf) + i);
+		counts.anon_pages += huge_pmd_pages<G>();
+	}
+}
+
 inline void free_gathered(phys::frame_pool &pool, std::vector<pfn_t> &gather)
 {
 	// A frame that fork shared stays until its last PTE is zapped.
@@ -115,7 +141,10 @@ zap_counts zap_page_range(mm::mm_struct<G> &mm, const vm_area &vma, uint64_t sta
 		}
 
 		const uint64_t next = arch::entry_end<G>(level::pmd, addr, end);
-		detail::zap_pte_range(mm, vma, found.pmd, addr, next, counts, gather);
+		if (G::format::huge(found.pmd->load(std::memory_order_acquire)))
+			detail::zap_huge_pmd(mm, vma, found.pmd, addr, next, counts, gather);
+		else
+			detail::zap_pte_range(mm, vma, found.pmd, addr, next, counts, gather);
 
 		// The frames are freed after the PTE lock is dropped, as Linux
 		// frees pages from its mmu_gather batch outside the lock.
