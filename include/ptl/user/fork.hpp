@@ -25,6 +25,7 @@
 // page_table_locks, held in the same order across the pair's walk.
 
 #include <ptl/mm/pte_lock.hpp>
+#include <ptl/user/huge.hpp>
 #include <ptl/user/mprotect.hpp>
 #include <ptl/user/vma.hpp>
 #include <ptl/user/zap.hpp>
@@ -135,12 +136,23 @@ result<void> copy_pmd_span(mm::mm_struct<G> &dst, mm::mm_struct<G> &src, const v
 	return {};
 }
 
+// Splits the parent's huge leaf in *pmd into a PTE table of the same frames
+// before the copy, so that each frame gets its own reference and its own
+// copy-on-write fault (Linux shares the whole huge page instead).
+template <class G>
+result<void> split_source_leaf(mm::mm_struct<G> &src, typename mm::mm_struct<G>::slot_t *pmd, uint64_t addr)
+{
+	mm::walk_guard<G> walk(src);
+	return split_huge_pmd(src, pmd, addr);
+}
+
 } // namespace detail
 
 // Copies the installed PTEs of vma from the parent src to the child dst
 // (copy_page_range), adding what it copied to counts. The caller holds
 // src's mmap_lock exclusively and no page-table lock, and dst already has
-// vma. Fails with no_memory when the pool cannot supply a child's table.
+// vma. Fails with no_memory when the pool cannot supply a child's table, or
+// the parent's table that splitting a huge leaf needs.
 // The PTEs copied until then stay in dst, for its teardown to zap.
 template <class G>
 result<void> copy_page_range(mm::mm_struct<G> &dst, mm::mm_struct<G> &src, const vm_area &vma, copy_counts &counts)
@@ -156,8 +168,12 @@ result<void> copy_page_range(mm::mm_struct<G> &dst, mm::mm_struct<G> &src, const
 			continue;
 		}
 
-		// NOTE: huge pmd leaves are not handled here yet.
-		assert(!G::format::huge(found.pmd->load(std::memory_order_acquire)) && "fork of a huge leaf");
+		if (G::format::huge(found.pmd->load(std::memory_order_acquire))) {
+			auto split = detail::split_source_leaf(src, found.pmd, addr);
+			if (!split)
+				return split;
+		}
+
 		const uint64_t next = arch::entry_end<G>(level::pmd, addr, vma.end);
 		auto copied = detail::copy_pmd_span(dst, src, vma, found.pmd, addr, next, counts);
 		if (!copied)

@@ -12,6 +12,7 @@
 // walking the tables sets accessed and dirty without any lock) is kept.
 
 #include <ptl/mm/pte_lock.hpp>
+#include <ptl/user/huge.hpp>
 #include <ptl/user/vma.hpp>
 #include <ptl/user/vma_set.hpp>
 #include <ptl/user/zap.hpp>
@@ -99,11 +100,57 @@ void change_pte_range(mm::mm_struct<G> &mm, const vm_area &vma, typename mm::mm_
 	mm::pte_unmap_unlock(map);
 }
 
+// Applies vma's protection to the huge leaf in *pmd, which the range covers
+// whole (change_huge_pmd). The leaf stays one leaf: its frames are never
+// shared, because fork splits huge leaves. Under pmd_lock or by
+// compare-and-swap, retried when a bit changed meanwhile.
+template <class G>
+void change_huge_pmd(mm::mm_struct<G> &mm, const vm_area &vma, typename mm::mm_struct<G>::slot_t *pmd)
+{
+	for (;;) {
+		const auto leaf = pmd->load(std::memory_order_acquire);
+		const auto changed = change_pte_prot<G>(mm.pool(), vma, leaf);
+		if (changed == leaf || pmd_install(mm, pmd, leaf, changed))
+			return;
+	}
+}
+
 } // namespace detail
+
+// Splits every huge leaf in [start, end) into a PTE table of the same frames
+// (split_huge_pmd). Called with the mmap_lock held exclusively. Fails with
+// no_memory when a split cannot get a table. The leaves split until then
+// stay split, and they map what they mapped before.
+template <class G>
+result<void> split_huge_range(mm::mm_struct<G> &mm, uint64_t start, uint64_t end)
+{
+	if constexpr (!huge_pmd_supported<G>()) {
+		return {};
+	} else {
+		uint64_t addr = start;
+		mm::walk_guard<G> walk(mm);
+
+		while (addr != end) {
+			const auto found = detail::find_pmd(mm, addr);
+			if (!found.pmd) {
+				addr = arch::entry_end<G>(found.empty_level, addr, end);
+				continue;
+			}
+
+			auto split = split_huge_pmd(mm, found.pmd, addr);
+			if (!split)
+				return split;
+			addr = arch::entry_end<G>(level::pmd, addr, end);
+		}
+		return {};
+	}
+}
 
 // Rewrites the installed PTEs of [start, end), a page-aligned part of vma,
 // with vma's protection (change_protection). Takes and drops the PTE lock
-// once per PTE table, so the caller must hold no page-table lock.
+// once per PTE table, so the caller must hold no page-table lock. A huge
+// leaf in the range must lie wholly inside it, and must not be asked for
+// PROT_NONE: the caller splits such leaves first.
 template <class G>
 void change_protection(mm::mm_struct<G> &mm, const vm_area &vma, uint64_t start, uint64_t end)
 {
@@ -117,10 +164,11 @@ void change_protection(mm::mm_struct<G> &mm, const vm_area &vma, uint64_t start,
 			continue;
 		}
 
-		// NOTE: huge pmd leaves are not handled here yet.
-		assert(!G::format::huge(found.pmd->load(std::memory_order_acquire)) && "mprotect of a huge leaf");
 		const uint64_t next = arch::entry_end<G>(level::pmd, addr, end);
-		detail::change_pte_range(mm, vma, found.pmd, addr, next);
+		if (G::format::huge(found.pmd->load(std::memory_order_acquire)))
+			detail::change_huge_pmd(mm, vma, found.pmd);
+		else
+			detail::change_pte_range(mm, vma, found.pmd, addr, next);
 		addr = next;
 	}
 }

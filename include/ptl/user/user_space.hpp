@@ -242,7 +242,11 @@ public:
 	//
 	// Fails with invalid_argument for an unaligned addr, unknown prot bits
 	// or a range that ends above task_size, and with not_found when part
-	// of the range has no VMA (Linux's ENOMEM). Nothing changes on failure.
+	// of the range has no VMA (Linux's ENOMEM). Nothing changes then. A
+	// huge leaf that crosses an end of the range, or any huge leaf in it
+	// for prot_none, is split first. When a split cannot get a table, it
+	// fails with no_memory, and only the leaves split until then changed
+	// (into PTEs that map the same frames).
 	//
 	// NOTE: VMAs have no VM_MAY* flags, so mprotect can grant any access,
 	// also write to a shared PFN-mapped area that was mapped read-only.
@@ -259,6 +263,14 @@ public:
 		std::unique_lock lock(mmap_lock_);
 		if (!vmas_.covers(addr, addr + len))
 			return fail(errc::not_found);
+
+		auto split = split_huge_leaves_at(addr, addr + len);
+		// A huge leaf cannot be a non-present PROT_NONE entry on every
+		// format (arm64 tells a block from a table by its valid bit).
+		if (split && prot == prot_none)
+			split = split_huge_range(*mm_, addr, addr + len);
+		if (!split)
+			return fail(split.error());
 
 		mprotect_range(*mm_, vmas_, addr, addr + len, vm_prot_flags(prot));
 		return {};
