@@ -1,6 +1,7 @@
 // Index arithmetic and folding of each geometry.
 
 #include <ptl/arch/profiles.hpp>
+#include <ptl/arch/registry.hpp>
 
 #include <gtest/gtest.h>
 
@@ -329,4 +330,33 @@ TEST(ArchGeometry, ParentTableLevelSkipsFoldedLevels)
 	EXPECT_EQ(parent_table_level<x86_64>(level::pmd), level::pud);
 	EXPECT_EQ(parent_table_level<x86_64_la57>(level::pud), level::p4d);
 	EXPECT_EQ(parent_table_level<i386>(level::pte), level::pgd);
+}
+
+TEST(ArchRegistry, DispatchesEveryProfileName)
+{
+	for (std::string_view name : profile_names) {
+		const std::string_view dispatched =
+			with_profile(name, [](auto profile) { return decltype(profile)::type::name; });
+		EXPECT_EQ(dispatched, name);
+		EXPECT_TRUE(is_profile_name(name));
+	}
+	EXPECT_EQ(profile_name_list(), "x86_64, x86_64_la57, i386, i386_pae, arm64_4k");
+}
+
+TEST(ArchRegistry, EmptyNameIsNative)
+{
+	const std::string_view dispatched = with_profile("", [](auto profile) { return decltype(profile)::type::name; });
+	EXPECT_EQ(dispatched, native::name);
+}
+
+TEST(ArchRegistry, UnknownNameThrowsWithTheList)
+{
+	EXPECT_FALSE(is_profile_name("sparc"));
+	try {
+		with_profile("sparc", [](auto) { return 0; });
+		ADD_FAILURE() << "no exception for an unknown name";
+	} catch (const std::invalid_argument &e) {
+		EXPECT_EQ(std::string(e.what()),
+			  "unknown geometry 'sparc'; choose from x86_64, x86_64_la57, i386, i386_pae, arm64_4k");
+	}
 }
