@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -323,9 +324,9 @@ TYPED_TEST(Lifecycle, TableOutlivesWalkerThatMayHoldIt)
 #endif
 }
 
-// Unmap and exit racing with faults and lookups: one thread maps, touches
-// and unmaps a range over and over; others fault a VMA that stays, next to
-// it, and translate addresses in both. The stable VMA's translations are
+// Unmaps racing with faults and lookups. One thread maps, touches and
+// unmaps a range over and over. Others fault a VMA that stays next to it,
+// and translate addresses in both. The stable VMA's translations are
 // always its data frames, and it never loses a page.
 TYPED_TEST(Lifecycle, UnmapRacesFaultsAndLookups)
 {
@@ -389,15 +390,19 @@ TYPED_TEST(Lifecycle, UnmapRacesFaultsAndLookups)
 	EXPECT_EQ(this->pool.in_use(), 0u);
 }
 
-// A random sequence of operations, with the counters checked against the
-// pool after every step and the whole tree audited every 1000 steps. At the
-// end the space is destroyed, and the pool must be exactly as before.
+// A random mixed sequence: map, huge map, fault, mprotect (which may split
+// huge leaves), munmap (which may split too), fork, and exit of the child.
+// After every step the table counters of both spaces are checked against
+// the pool, and every 1000 steps the trees are audited and the data frames'
+// references are checked against the spaces' anonymous pages. At the end
+// both spaces are destroyed, and the pool must be exactly as before.
 // PTL_SEQUENCE_OPS overrides the length: 100000 by default, fewer in the
 // sanitizer builds (PTL_SEQUENCE_DEFAULT_OPS), which run several times
 // slower.
 TYPED_TEST(Lifecycle, RandomSequenceLeavesPoolAsBefore)
 {
 	using G = TypeParam;
+	using space_t = user::user_space<G>;
 	const char *ops_env = std::getenv("PTL_SEQUENCE_OPS");
 #if defined(PTL_SEQUENCE_DEFAULT_OPS)
 	const uint64_t default_ops = PTL_SEQUENCE_DEFAULT_OPS;
@@ -409,58 +414,113 @@ TYPED_TEST(Lifecycle, RandomSequenceLeavesPoolAsBefore)
 
 	phys::frame_pool pool(1 << 16);
 	const uint64_t in_use_before = pool.in_use();
-	auto space = *user::user_space<G>::create(pool, test::lock_mode_under_test());
+	std::unique_ptr<space_t> parent = *space_t::create(pool, test::lock_mode_under_test());
+	std::unique_ptr<space_t> child;
 	const uint64_t window_start = sample_user_addr<G>();
 	const uint64_t window_pages = 64 * pte_table_span<G>() / page;
 
-	uint64_t huge_faults = 0; // faults that found or made a huge leaf
+	std::array<uint64_t, 10> done{}; // operations that succeeded, per kind
+	uint64_t huge_faults = 0;        // faults that found or made a huge leaf
 	auto random_page = [&] { return window_start + page * (rng() % window_pages); };
-	auto check_counters = [&](uint64_t step) {
-		const auto c = space->mm().counters();
-		for (unsigned l = 0; l < arch::nr_levels; l++)
-			ASSERT_EQ(pool.in_use(static_cast<alloc_site>(l)), c.nr_tables[l]) << "step " << step;
-		ASSERT_EQ(pool.in_use(alloc_site::data), space->counters().anon_pages) << "step " << step;
+	auto random_space = [&]() -> space_t & { return child && rng() % 2 ? *child : *parent; };
+
+	auto check_tables = [&](uint64_t step) {
+		for (unsigned l = 0; l < arch::nr_levels; l++) {
+			uint64_t tables = parent->mm().counters().nr_tables[l];
+			if (child)
+				tables += child->mm().counters().nr_tables[l];
+			ASSERT_EQ(pool.in_use(static_cast<alloc_site>(l)), tables) << "step " << step;
+		}
 	};
 
+	// Each PTE of a private anonymous page holds one reference to its
+	// frame, so the references add up to the spaces' anonymous pages.
+	auto check_data_frames = [&](uint64_t step) {
+		uint64_t references = 0;
+		for (phys::pfn_t pfn = 0; pfn < pool.nr_frames(); pfn++) {
+			if (pool.site_of(pfn) == alloc_site::data)
+				references += pool.page_count(pfn);
+		}
+		const uint64_t anon = parent->counters().anon_pages + (child ? child->counters().anon_pages : 0);
+		ASSERT_EQ(references, anon) << "step " << step;
+	};
+
+	auto audit = [&](uint64_t step) {
+		const auto report = child ? check::audit<G>({&parent->mm(), &child->mm()})
+					  : check::audit<G>({&parent->mm()});
+		ASSERT_TRUE(report.ok()) << "step " << step << "\n" << report.summary();
+	};
+
+	// The kind of each step, drawn with these weights out of 20: fork and
+	// exit copy or free whole trees, so they are the rarest.
+	constexpr std::array<unsigned, 20> kinds = {0, 0, 0, 0, 2, 3, 3, 3, 4, 4, 5, 5, 5, 6, 6, 7, 7, 8, 8, 9};
+
 	for (uint64_t step = 0; step < nr_ops; step++) {
-		const unsigned op = rng() % 8;
+		const unsigned op = kinds[rng() % kinds.size()];
 		const uint64_t addr = random_page();
 		const uint64_t len = page * (1 + rng() % 512);
+		space_t &space = random_space();
+		bool ok = false;
 
-		if (op < 2) {
+		if (op == 0) {
 			// Fails where the range is taken: that is part of the test.
-			(void)space->mmap(addr, len, prot_rw, anon_fixed);
+			ok = space.mmap(addr, len, prot_rw, anon_fixed).has_value();
 		} else if (op == 2) {
 			// Up to three huge blocks, so some are wholly inside.
 			const uint64_t huge_len = page * (1 + rng() % (3 * user::huge_pmd_pages<G>()));
-			(void)space->mmap(addr, huge_len, prot_rw, anon_fixed | user::map_huge);
+			ok = space.mmap(addr, huge_len, prot_rw, anon_fixed | user::map_huge).has_value();
 		} else if (op < 6) {
-			const auto r = space->handle_mm_fault(addr, rng() % 2 ? access_type::write : access_type::read);
-			ASSERT_TRUE(r || r.error() == errc::not_found) << "step " << step;
-			const auto t = mm::translate(space->mm(), addr);
+			const auto r = space.handle_mm_fault(addr, rng() % 2 ? access_type::write : access_type::read);
+			ASSERT_TRUE(r || r.error() == errc::not_found || r.error() == errc::access_fault) << "step " << step;
+			ok = r.has_value();
+			const auto t = mm::translate(space.mm(), addr);
 			huge_faults += t && t->leaf_level != level::pte ? 1 : 0;
-		} else {
+		} else if (op == 6) {
+			const unsigned prot[] = {user::prot_read, prot_rw, user::prot_read | user::prot_exec, user::prot_none};
+			const auto r = space.mprotect(addr, len, prot[rng() % 4]);
+			ASSERT_TRUE(r || r.error() == errc::not_found || r.error() == errc::no_memory) << "step " << step;
+			ok = r.has_value();
+		} else if (op < 9) {
 			// Splitting a huge leaf needs a table, which a full
 			// pool may not have.
-			const auto r = space->munmap(addr, len);
+			const auto r = space.munmap(addr, len);
 			ASSERT_TRUE(r || r.error() == errc::no_memory) << "step " << step;
+			ok = r.has_value();
+		} else if (child) {
+			child.reset(); // exit
+			ok = true;
+		} else {
+			auto forked = parent->fork();
+			ASSERT_TRUE(forked || forked.error() == errc::no_memory) << "step " << step;
+			if (forked)
+				child = std::move(*forked);
+			ok = forked.has_value();
 		}
+		if (ok)
+			done[op]++;
 
-		check_counters(step);
+		check_tables(step);
 		if (::testing::Test::HasFatalFailure())
 			return;
 		if (step % 1000 == 999) {
-			const auto report = check::audit<G>({&space->mm()});
-			ASSERT_TRUE(report.ok()) << "step " << step << "\n" << report.summary();
+			audit(step);
+			check_data_frames(step);
+			if (::testing::Test::HasFatalFailure())
+				return;
 		}
 	}
 
 	const uint64_t in_use_during = pool.in_use();
-	space.reset();
-	std::printf("sequence: %llu operations on %s (%llu faults on huge leaves); pool frames in use before %llu, "
-		    "at the end %llu, after exit %llu\n",
+	child.reset();
+	parent.reset();
+	std::printf("sequence: %llu operations on %s: %llu maps, %llu huge maps, %llu faults (%llu on huge leaves), "
+		    "%llu mprotects, %llu munmaps, %llu forks and exits; pool frames in use before %llu, at the end "
+		    "%llu, after exit %llu\n",
 		    static_cast<unsigned long long>(nr_ops), std::string(G::name).c_str(),
-		    static_cast<unsigned long long>(huge_faults),
+		    static_cast<unsigned long long>(done[0]), static_cast<unsigned long long>(done[2]),
+		    static_cast<unsigned long long>(done[3] + done[4] + done[5]),
+		    static_cast<unsigned long long>(huge_faults), static_cast<unsigned long long>(done[6]),
+		    static_cast<unsigned long long>(done[7] + done[8]), static_cast<unsigned long long>(done[9]),
 		    static_cast<unsigned long long>(in_use_before), static_cast<unsigned long long>(in_use_during),
 		    static_cast<unsigned long long>(pool.in_use()));
 	EXPECT_EQ(pool.in_use(), in_use_before);
