@@ -320,6 +320,19 @@ void add_kernel_targets(peers_report &report)
 	}
 }
 
+// Runs per size of the sweep: --repeat, or more for small sizes, so that
+// each size's median covers at least 2^20 pages (at most 64 runs). A run of
+// a thousand pages lasts tens of microseconds, and one preemption in it
+// would otherwise be the result.
+unsigned sweep_runs(unsigned log2, unsigned repeat)
+{
+	constexpr unsigned min_pages_log2 = 20;
+	constexpr unsigned max_runs = 64;
+
+	const unsigned for_pages = log2 >= min_pages_log2 ? 1 : 1u << std::min(min_pages_log2 - log2, 6u);
+	return std::max(repeat, std::min(for_pages, max_runs));
+}
+
 // Time per page of insert, random lookups and removal on the dense layout
 // with one thread, from the largest size down, so that the largest size's
 // untimed warm-up run leaves the heap large enough for every smaller one.
@@ -343,10 +356,11 @@ std::vector<sweep_result> run_sweep(const peers_options &options, progress_meter
 				s.run(l, 1, cycle_ops::sweep);
 			}
 
+			const unsigned runs = sweep_runs(log2, options.repeat);
 			std::array<std::vector<double>, 3> seconds;
-			for (unsigned r = 0; r < options.repeat; r++) {
-				progress.note(fmt::format("size sweep: {} at 2^{} pages, repeat {} of {}", s.name, log2,
-							  r + 1, options.repeat));
+			for (unsigned r = 0; r < runs; r++) {
+				progress.note(fmt::format("size sweep: {} at 2^{} pages, run {} of {}", s.name, log2, r + 1,
+							  runs));
 				const cycle_sample sample = s.run(l, 1, cycle_ops::sweep);
 				seconds[0].push_back(sample.seconds[0]);
 				seconds[1].push_back(sample.seconds[2]);

@@ -7,26 +7,31 @@
 #   peers-kernel.svg      pages per second of the kernel and of ptl
 #   peers-sweep.svg       nanoseconds per page against the page count, if
 #                         the run had --sweep
+# SWEEP.csv, if given, is the CSV of another run whose size sweep is
+# plotted in place of PEERS.csv's.
 #
-# Usage: scripts/plot-peers.sh PEERS.csv OUT_DIR
+# Usage: scripts/plot-peers.sh PEERS.csv OUT_DIR [SWEEP.csv]
 # Needs gnuplot (Debian package gnuplot-nox).
 set -euo pipefail
 
-if [ $# -ne 2 ]; then
-	echo "usage: $0 PEERS.csv OUT_DIR" >&2
+if [ $# -ne 2 ] && [ $# -ne 3 ]; then
+	echo "usage: $0 PEERS.csv OUT_DIR [SWEEP.csv]" >&2
 	exit 2
 fi
 csv=$1
 out=$2
+sweep_csv=${3:-$1}
 
-if [ ! -r "$csv" ]; then
-	echo "plot-peers: cannot read $csv" >&2
-	exit 2
-fi
-if ! head -n 1 "$csv" | grep -q '^section,layout,structure,threads,pages,metric,median,min,max$'; then
-	echo "plot-peers: $csv does not start with the header of ptl bench peers --csv" >&2
-	exit 2
-fi
+for file in "$csv" "$sweep_csv"; do
+	if [ ! -r "$file" ]; then
+		echo "plot-peers: cannot read $file" >&2
+		exit 2
+	fi
+	if ! head -n 1 "$file" | grep -q '^section,layout,structure,threads,pages,metric,median,min,max$'; then
+		echo "plot-peers: $file does not start with the header of ptl bench peers --csv" >&2
+		exit 2
+	fi
+done
 if [ ! -d "$out" ]; then
 	echo "plot-peers: $out is not a directory" >&2
 	exit 2
@@ -52,6 +57,22 @@ nr_threads=$(wc -w <<<"$thread_counts")
 svg_header() {
 	echo "set terminal svg size $1,$2 dynamic font 'sans,10' background rgb 'white'"
 	echo "set output '$3'"
+	# Ten distinct colours, so that no two structures share one.
+	local colours=(9400d3 009e73 56b4e9 e69f00 f0e442 0072b2 e51e10 000000 cc79a7 8c564b) i
+	for i in "${!colours[@]}"; do
+		echo "set linetype $((i + 1)) lc rgb '#${colours[$i]}'"
+	done
+	echo "set linetype cycle ${#colours[@]}"
+}
+
+# Prints a plot command that draws columns 2 to COLUMNS + 1 of FILE as
+# clustered bars, one cluster per row, titled by the header row.
+histogram_plot() {
+	local file=$1 columns=$2 parts=() i
+	for ((i = 2; i <= columns + 1; i++)); do
+		parts+=("'$file' using $i:xtic(1) title columnheader($i)")
+	done
+	(IFS=,; echo "plot ${parts[*]}")
 }
 
 # One table per layout and thread count: a row per operation, a column per
@@ -59,7 +80,7 @@ svg_header() {
 for l in $layouts; do
 	for t in $thread_counts; do
 		{
-			echo "operation $structures"
+			echo operation $structures
 			for op in $operations; do
 				row=$op
 				for s in $structures; do
@@ -82,12 +103,12 @@ done
 	echo "set logscale y"
 	echo "set ylabel 'million operations per second'"
 	echo "set grid ytics"
-	echo "set key top right font 'sans,8'"
-	echo "set xtics font 'sans,8'"
+	echo "set key outside right font 'sans,8'"
+	echo "set xtics font 'sans,8' rotate by -20"
 	for t in $thread_counts; do
 		for l in $layouts; do
 			echo "set title '$l layout, $t thread$([ "$t" -eq 1 ] || echo s)'"
-			echo "plot for [i=2:$((nr_structures + 1))] '$work/throughput.$l.$t.dat' using i:xtic(1) title columnheader(i)"
+			histogram_plot "$work/throughput.$l.$t.dat" "$nr_structures"
 		done
 	done
 	echo "unset multiplot"
@@ -98,7 +119,7 @@ gnuplot "$work/throughput.gp"
 # column per layout.
 first_threads=$(head -n 1 <<<"$thread_counts")
 {
-	echo "structure $layouts"
+	echo structure $layouts
 	for s in $structures; do
 		row=$s
 		for l in $layouts; do
@@ -121,7 +142,7 @@ first_threads=$(head -n 1 <<<"$thread_counts")
 	echo "set grid ytics"
 	echo "set key top left"
 	echo "set xtics rotate by -30 font 'sans,9'"
-	echo "plot for [i=2:$((nr_layouts + 1))] '$work/bytes.dat' using i:xtic(1) title columnheader(i)"
+	histogram_plot "$work/bytes.dat" "$nr_layouts"
 } >"$work/bytes.gp"
 gnuplot "$work/bytes.gp"
 
@@ -154,16 +175,16 @@ if [ -n "$kernel_runs" ]; then
 		echo "set grid ytics"
 		echo "set key top left"
 		echo "set xtics rotate by -30 font 'sans,9'"
-		echo "plot for [i=2:$(($(wc -w <<<"$kernel_threads") + 1))] '$work/kernel.dat' using i:xtic(1) title columnheader(i)"
+		histogram_plot "$work/kernel.dat" "$(wc -w <<<"$kernel_threads")"
 	} >"$work/kernel.gp"
 	gnuplot "$work/kernel.gp"
 fi
 
 # Size sweep: one line per structure, one panel per operation.
-if awk -F, '$1 == "sweep" { found = 1 } END { exit !found }' "$csv"; then
+if awk -F, '$1 == "sweep" { found = 1 } END { exit !found }' "$sweep_csv"; then
 	for s in $structures; do
 		for m in insert lookup-random remove; do
-			awk -F, -v s="$s" -v m="${m}_ns_per_page" '$1 == "sweep" && $3 == s && $6 == m { print $5, $7 }' "$csv" |
+			awk -F, -v s="$s" -v m="${m}_ns_per_page" '$1 == "sweep" && $3 == s && $6 == m { print $5, $7 }' "$sweep_csv" |
 				sort -n >"$work/sweep.$s.$m.dat"
 		done
 	done
