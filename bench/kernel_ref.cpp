@@ -124,7 +124,7 @@ public:
 	explicit ptl_vmap(uint64_t pages) : pool_(pool_frames(pages)), pfns_(pages)
 	{
 		for (uint64_t i = 0; i < pages; i++)
-			pfns_[i] = frame_base + i;
+			pfns_[i] = 1 + i;
 		pool_.prefault(pool_.nr_frames());
 	}
 

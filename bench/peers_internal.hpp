@@ -17,30 +17,36 @@ namespace ptl::bench::peers {
 // The frame a lookup returns when the page is not mapped.
 inline constexpr uint64_t no_frame = ~uint64_t{0};
 
-// The frame of page i is frame_base + next[i], so that no page maps frame 0
-// and a pointer chase can find the next page from the frame.
-inline constexpr uint64_t frame_base = 1;
+// One page-to-frame mapping. The frame of each page is the page number of
+// the page after it in one random cycle through all pages, so a pointer
+// chase takes the next page straight from the frame it found. No page
+// number is 0, because every layout lies above mmap_min_addr.
+struct mapping {
+	uint64_t vpn;
+	uint64_t pfn;
+};
 
 // The pages one run maps, and the orders its operations visit them in.
-// Indices are uint32_t, so a layout has at most 2^32 pages. The options
-// allow 2^30.
+// Each order is an array of its own that the threads read sequentially, so
+// that the only cache misses of a lookup are the structure's. Indices are
+// uint32_t, so a layout has at most 2^32 pages. The options allow 2^30.
 struct layout {
 	layout_kind kind = layout_kind::dense;
 	std::vector<uint64_t> vpns;          // page numbers, ascending
 	std::vector<uint32_t> next;          // one random cycle through every index
-	std::vector<uint32_t> insert_order;  // indices in the order inserts and removals visit them
-	std::vector<uint32_t> random_order;  // indices in the order random lookups visit them
+	std::vector<mapping> by_address;     // in address order
+	std::vector<mapping> by_insert;      // in the order inserts and removals visit them
+	std::vector<mapping> by_random;      // in the order random lookups visit them
 	// Byte ranges of the VMAs that ptl maps the pages in, for the layouts
 	// that have no process image.
 	std::vector<std::pair<uint64_t, uint64_t>> vmas;
 	std::optional<tools::process_image> image; // the replayed process, for replay
 	size_t table_frames = 0;                    // every table the pages need, all levels
 
-	// Chase start and expected end index per thread, per thread count.
-	std::map<unsigned, std::vector<std::pair<uint32_t, uint32_t>>> chases;
+	// Chase start and expected end page per thread, per thread count.
+	std::map<unsigned, std::vector<std::pair<uint64_t, uint64_t>>> chases;
 
 	uint64_t size() const { return vpns.size(); }
-	uint64_t frame_of(uint64_t index) const { return frame_base + next[index]; }
 };
 
 layout make_dense_layout(uint64_t pages, uint64_t seed);

@@ -73,12 +73,27 @@ size_t count_table_frames(const std::vector<uint64_t> &vpns)
 	return frames;
 }
 
-void finish_layout(layout &l, std::mt19937_64 &rng)
+std::vector<mapping> in_order(const std::vector<mapping> &by_address, const std::vector<uint32_t> &order)
+{
+	std::vector<mapping> v;
+	v.reserve(order.size());
+	for (uint32_t i : order)
+		v.push_back(by_address[i]);
+	return v;
+}
+
+// Gives every page its frame, and lays out the mappings in each order.
+// insert_order empty means address order.
+void finish_layout(layout &l, std::mt19937_64 &rng, const std::vector<uint32_t> &insert_order = {})
 {
 	l.next = l.size() > 1 ? random_cycle(l.size(), rng) : identity(l.size());
-	if (l.insert_order.empty())
-		l.insert_order = identity(l.size());
-	l.random_order = shuffled(l.size(), rng);
+
+	l.by_address.reserve(l.size());
+	for (uint64_t i = 0; i < l.size(); i++)
+		l.by_address.push_back({l.vpns[i], l.vpns[l.next[i]]});
+
+	l.by_insert = insert_order.empty() ? l.by_address : in_order(l.by_address, insert_order);
+	l.by_random = in_order(l.by_address, shuffled(l.size(), rng));
 	l.table_frames = count_table_frames(l.vpns);
 }
 
@@ -146,8 +161,8 @@ layout make_scattered_layout(uint64_t pages, uint64_t seed)
 	l.vmas.emplace_back(scattered_first_vpn << arch::page_shift,
 			    (scattered_first_vpn + scattered_span_pages) << arch::page_shift);
 	// Inserted in random order, as pages scattered at random would arrive.
-	l.insert_order = shuffled(pages, rng);
-	finish_layout(l, rng);
+	const std::vector<uint32_t> insert_order = shuffled(pages, rng);
+	finish_layout(l, rng, insert_order);
 	return l;
 }
 
@@ -184,7 +199,7 @@ void prepare_chases(layout &l, const std::vector<unsigned> &thread_counts)
 			uint32_t index = static_cast<uint32_t>(first);
 			for (uint64_t s = 0; s < steps; s++)
 				index = l.next[index];
-			chases.emplace_back(static_cast<uint32_t>(first), index);
+			chases.emplace_back(l.vpns[first], l.vpns[index]);
 		}
 	}
 }

@@ -295,8 +295,8 @@ public:
 		sample.bytes_per_page = double(heap_growth + int64_t(outside_heap_bytes(*map))) / double(l_.size());
 
 		if (ops == cycle_ops::all)
-			sample.seconds[1] = timed([&](unsigned t) { lookup_slice(*map, nullptr, t); });
-		sample.seconds[2] = timed([&](unsigned t) { lookup_slice(*map, l_.random_order.data(), t); });
+			sample.seconds[1] = timed([&](unsigned t) { lookup_slice(*map, l_.by_address, t); });
+		sample.seconds[2] = timed([&](unsigned t) { lookup_slice(*map, l_.by_random, t); });
 		if (ops == cycle_ops::all)
 			sample.seconds[3] = timed([&](unsigned t) { chase_slice(*map, t); });
 		sample.seconds[4] = timed([&](unsigned t) { remove_slice(*map, t); });
@@ -326,48 +326,49 @@ private:
 	void insert_slice(Map &map, unsigned t)
 	{
 		for (uint64_t k = first(t); k < last(t); k++) {
-			const uint32_t i = l_.insert_order[k];
-			if (!map.insert(l_.vpns[i], l_.frame_of(i)))
-				throw std::runtime_error(fmt::format("{}: insert of page {:#x} failed", name_, l_.vpns[i]));
+			const mapping m = l_.by_insert[k];
+			if (!map.insert(m.vpn, m.pfn))
+				throw std::runtime_error(fmt::format("{}: insert of page {:#x} failed", name_, m.vpn));
 		}
 	}
 
-	// Looks up the slice in address order, or in the given order.
-	void lookup_slice(Map &map, const uint32_t *order, unsigned t)
+	// Looks up the thread's slice of the mappings in their order.
+	void lookup_slice(Map &map, const std::vector<mapping> &mappings, unsigned t)
 	{
 		for (uint64_t k = first(t); k < last(t); k++) {
-			const uint64_t i = order ? order[k] : k;
-			const uint64_t found = map.lookup(l_.vpns[i]);
-			if (found != l_.frame_of(i)) [[unlikely]]
-				throw_wrong_frame(name_, l_.vpns[i], found, l_.frame_of(i));
+			const mapping m = mappings[k];
+			const uint64_t found = map.lookup(m.vpn);
+			if (found != m.pfn) [[unlikely]]
+				throw_wrong_frame(name_, m.vpn, found, m.pfn);
 		}
 	}
 
-	// Each lookup's page is the one the previous lookup's frame names, so
-	// no two lookups overlap in time.
+	// Each lookup's page is the frame that the previous lookup found, so
+	// no two lookups overlap in time, and the chase reads no other memory.
 	void chase_slice(Map &map, unsigned t)
 	{
 		const auto [start, expected_end] = l_.chases.at(threads_)[t];
-		uint64_t index = start;
+		uint64_t vpn = start;
 
 		for (uint64_t k = first(t); k < last(t); k++) {
-			const uint64_t found = map.lookup(l_.vpns[index]);
-			if (found - frame_base >= l_.size()) [[unlikely]]
-				throw_wrong_frame(name_, l_.vpns[index], found, l_.frame_of(index));
-			index = found - frame_base;
+			const uint64_t found = map.lookup(vpn);
+			if (found == no_frame) [[unlikely]]
+				throw std::runtime_error(fmt::format("{}: the chase found no frame at page {:#x}", name_, vpn));
+			vpn = found;
 		}
 
-		if (index != expected_end)
-			throw std::runtime_error(fmt::format("{}: the chase from page index {} ended at {}, expected {}",
-							     name_, start, index, expected_end));
+		if (vpn != expected_end)
+			throw std::runtime_error(fmt::format("{}: the chase from page {:#x} ended at page {:#x}, expected "
+							     "{:#x}",
+							     name_, start, vpn, expected_end));
 	}
 
 	void remove_slice(Map &map, unsigned t)
 	{
 		for (uint64_t k = first(t); k < last(t); k++) {
-			const uint32_t i = l_.insert_order[k];
-			if (!map.remove(l_.vpns[i]))
-				throw std::runtime_error(fmt::format("{}: removal of page {:#x} failed", name_, l_.vpns[i]));
+			const uint64_t vpn = l_.by_insert[k].vpn;
+			if (!map.remove(vpn))
+				throw std::runtime_error(fmt::format("{}: removal of page {:#x} failed", name_, vpn));
 		}
 	}
 
