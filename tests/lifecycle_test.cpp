@@ -625,3 +625,52 @@ TYPED_TEST(Lifecycle, KernelUnmapRacesMapsAndLookups)
 	EXPECT_TRUE(report.ok()) << report.summary();
 	EXPECT_EQ(report.leaves, 0u);
 }
+
+// A kernel unmap keeps the PTE table that an area next to it is being
+// mapped into, although that table is empty when the unmap looks at it:
+// the neighbour's area is reserved, so the ceiling stops below it. The
+// broken variant that ignores the bounds frees the table, and the
+// neighbour's PTE lands in a freed frame.
+TYPED_TEST(Lifecycle, KernelUnmapKeepsTableOfNeighbourBeingMapped)
+{
+#if !defined(PTL_TEST_HOOKS)
+	GTEST_SKIP() << "needs a build with PTL_TEST_HOOKS";
+#else
+	using G = TypeParam;
+	phys::frame_pool pool(256);
+	auto ks = *kernel::kernel_space<G>::create(pool, test::lock_mode_under_test());
+	auto first = ks->vmap(std::vector<phys::pfn_t>{0x100});
+	ASSERT_TRUE(first);
+
+	std::atomic<bool> paused{false};
+	std::atomic<bool> may_go{false};
+	const auto main_thread = std::this_thread::get_id();
+	hooks::scoped_handler pause([&](const hooks::event &e) {
+		if (std::this_thread::get_id() == main_thread || e.where != hooks::point::vmap_before_set)
+			return;
+		paused.store(true);
+		while (!may_go.load())
+			std::this_thread::yield();
+	});
+
+	// The neighbour has its area and its PTE table, and is about to
+	// set its PTE.
+	result<uint64_t> second = fail(errc::busy);
+	std::thread neighbour([&] { second = ks->vmap(std::vector<phys::pfn_t>{0x200}); });
+	while (!paused.load())
+		std::this_thread::yield();
+
+	ASSERT_TRUE(ks->vunmap(*first));
+	may_go.store(true);
+	neighbour.join();
+
+	ASSERT_TRUE(second);
+	ASSERT_EQ(*second - *first, 2 * page) << "the neighbour shares the first area's PTE table";
+	const auto t = mm::translate(ks->init_mm(), *second);
+	ASSERT_TRUE(t) << "the neighbour's PTE went into a freed table";
+	EXPECT_EQ(t->pfn, 0x200u);
+	const auto report = check::audit<G>({&ks->init_mm()});
+	EXPECT_TRUE(report.ok()) << report.summary();
+	EXPECT_EQ(report.leaves, 1u);
+#endif
+}
