@@ -19,6 +19,7 @@
 #include <climits>
 #include <malloc.h>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 
 namespace ptl::bench::peers {
@@ -191,7 +192,8 @@ private:
 
 // ptl through its public user-space API, as a hypervisor would use it: the
 // pages' ranges are PFN-mapped VMAs, insert is vmf_insert_pfn, lookup is a
-// lockless translate, and removal is munmap of the page.
+// lockless walk through the thread's walk cursor, and removal is munmap of
+// the page.
 class ptl_map {
 public:
 	ptl_map(phys::frame_pool &pool, mm::lock_mode mode, const layout &l)
@@ -209,9 +211,33 @@ public:
 
 	bool insert(uint64_t vpn, uint64_t pfn) { return space_->insert_pfn(vpn << arch::page_shift, pfn).has_value(); }
 
+	// Inside a thread_scope, lookups go through a walk cursor of the
+	// thread, which reuses the PTE table of the previous lookup. The scope's
+	// end drops it: a cursor holds off every unmap until it is gone.
+	static void attach_thread() { thread_cursor().enabled = true; }
+
+	static void detach_thread()
+	{
+		thread_cursor().cursor.reset();
+		thread_cursor().mm = nullptr;
+		thread_cursor().enabled = false;
+	}
+
 	uint64_t lookup(uint64_t vpn)
 	{
-		const auto t = mm::translate(space_->mm(), vpn << arch::page_shift);
+		const uint64_t addr = vpn << arch::page_shift;
+		auto &c = thread_cursor();
+		if (!c.enabled) {
+			const auto t = mm::translate(space_->mm(), addr);
+			return t ? t->pfn : no_frame;
+		}
+
+		if (c.mm != &space_->mm()) {
+			c.cursor.reset();
+			c.cursor.emplace(space_->mm());
+			c.mm = &space_->mm();
+		}
+		const auto t = c.cursor->translate(addr);
 		return t ? t->pfn : no_frame;
 	}
 
@@ -235,6 +261,18 @@ private:
 				      user::map_shared | user::map_pfnmap | user::map_fixed_noreplace);
 		if (!r)
 			throw_failure("mmap of the mapped range", r.error());
+	}
+
+	struct cursor_slot {
+		bool enabled = false;
+		const mm::mm_struct<G> *mm = nullptr;
+		std::optional<mm::walk_cursor<G>> cursor;
+	};
+
+	static cursor_slot &thread_cursor()
+	{
+		static thread_local cursor_slot slot;
+		return slot;
 	}
 
 	std::unique_ptr<user::user_space<G>> space_;

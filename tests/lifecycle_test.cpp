@@ -674,3 +674,56 @@ TYPED_TEST(Lifecycle, KernelUnmapKeepsTableOfNeighbourBeingMapped)
 	EXPECT_EQ(report.leaves, 1u);
 #endif
 }
+
+// A walk cursor gives the same translation as translate for every address,
+// in address order and at random, across PTE tables, huge leaves, holes
+// and separate pgd entries, and again after the tables it walked were
+// freed and populated anew.
+TYPED_TEST(Lifecycle, WalkCursorMatchesTranslate)
+{
+	using G = TypeParam;
+	const uint64_t span = pte_table_span<G>();
+	const uint64_t far = this->base + std::max(arch::entry_span<G>(level::pgd), 16 * span);
+	const uint64_t huge_base = (this->base + 8 * span) & ~(span - 1);
+
+	const uint64_t a = this->map_anon(this->base, 3 * span / page);
+	this->touch(a, span / page + 9);
+	ASSERT_TRUE(this->space->mmap(huge_base, 2 * span, prot_rw, anon_fixed | user::map_huge));
+	this->touch(huge_base, 1);
+	this->touch(huge_base + span + 5 * page, 1);
+	const uint64_t b = this->map_anon(far, 4);
+	this->touch(b, 4);
+
+	std::vector<uint64_t> addrs;
+	for (uint64_t addr = this->base; addr < huge_base + 2 * span; addr += page)
+		addrs.push_back(addr);
+	for (uint64_t i = 0; i < 6; i++)
+		addrs.push_back(far + i * page);
+	std::mt19937_64 rng(21);
+	std::vector<uint64_t> shuffled = addrs;
+	std::shuffle(shuffled.begin(), shuffled.end(), rng);
+
+	auto expect_same = [&](const std::vector<uint64_t> &order) {
+		mm::walk_cursor<G> cursor(this->space->mm());
+		for (uint64_t addr : order) {
+			const auto expected = mm::translate(this->space->mm(), addr);
+			const auto found = cursor.translate(addr);
+			ASSERT_EQ(found.has_value(), expected.has_value()) << std::hex << addr;
+			if (!found)
+				continue;
+			ASSERT_EQ(found->pfn, expected->pfn) << std::hex << addr;
+			ASSERT_EQ(found->leaf_level, expected->leaf_level) << std::hex << addr;
+			ASSERT_EQ(found->entry, expected->entry) << std::hex << addr;
+		}
+	};
+
+	expect_same(addrs);
+	expect_same(shuffled);
+
+	// The first PTE table goes and a new one takes its place.
+	ASSERT_TRUE(this->space->munmap(a, 3 * span));
+	ASSERT_EQ(this->map_anon(this->base, 2), this->base);
+	this->touch(this->base + page, 1);
+	expect_same(addrs);
+	expect_same(shuffled);
+}

@@ -114,6 +114,88 @@ std::optional<translation> translate(const mm_struct<G> &mm, uint64_t addr, cons
 	return detail::translate_walk(mm, addr);
 }
 
+// A translator for many addresses in a row (a page-walk cache, like the
+// one a processor keeps next to its TLB). It remembers the PTE table of its
+// last walk and the pmd entry that led there. A later address under the
+// same PTE table then costs one check of that pmd entry and one PTE load
+// instead of a walk from the pgd. Re-reading the pmd entry every time keeps the
+// result current: a table that was unlinked and replaced, or turned into a
+// huge leaf, no longer matches, and the cursor walks again.
+//
+// The cursor holds a read-side section of the mm's table_rcu for as long as
+// it lives, so the remembered table cannot be freed under it. An unmap of
+// this mm waits for the cursor to be destroyed: never unmap from the thread
+// that holds one, and keep its life to a batch of lookups.
+template <class G>
+class walk_cursor {
+public:
+	explicit walk_cursor(const mm_struct<G> &mm) : mm_(mm), rcu_(mm.table_rcu) {}
+
+	walk_cursor(const walk_cursor &) = delete;
+	walk_cursor &operator=(const walk_cursor &) = delete;
+
+	std::optional<translation> translate(uint64_t addr)
+	{
+		if (pmd_ && addr - base_ < arch::entry_span<G>(level::pmd) &&
+		    pmd_->load(std::memory_order_acquire) == pmd_value_)
+			return read_pte(addr);
+		return walk(addr);
+	}
+
+private:
+	using slot_t = typename mm_struct<G>::slot_t;
+
+	std::optional<translation> read_pte(uint64_t addr) const
+	{
+		const auto e = ptes_[arch::table_index<G>(level::pte, addr)].load(std::memory_order_acquire);
+		if (!G::format::present(e))
+			return std::nullopt;
+		return translation{G::format::pfn(e), G::format::prot(e), level::pte, uint64_t{e}};
+	}
+
+	// A full walk, as translate() does, that remembers the PTE table it
+	// passes through.
+	std::optional<translation> walk(uint64_t addr)
+	{
+		using format = typename G::format;
+		const slot_t *table = mm_.table(mm_.pgd_pfn());
+		level l = level::pgd;
+		pmd_ = nullptr;
+
+		for (;;) {
+			const slot_t *entry = &table[arch::table_index<G>(l, addr)];
+			const auto e = entry->load(std::memory_order_acquire);
+			if (!format::present(e))
+				return std::nullopt;
+
+			if (l == level::pte || format::huge(e)) {
+				const uint64_t offset_pages = (addr & (arch::entry_span<G>(l) - 1)) >> arch::page_shift;
+				return translation{format::pfn(e) + offset_pages, format::prot(e), l, uint64_t{e}};
+			}
+
+			table = mm_.table_of(e);
+			l = arch::next_table_level<G>(l);
+			if (l == level::pte)
+				remember(entry, e, table, addr);
+		}
+	}
+
+	void remember(const slot_t *pmd, typename G::entry_t pmd_value, const slot_t *ptes, uint64_t addr)
+	{
+		pmd_ = pmd;
+		pmd_value_ = pmd_value;
+		ptes_ = ptes;
+		base_ = addr & ~(arch::entry_span<G>(level::pmd) - 1);
+	}
+
+	const mm_struct<G> &mm_;
+	sync::srcu_read_guard rcu_;
+	const slot_t *pmd_ = nullptr; // the pmd entry of the remembered table, or null
+	typename G::entry_t pmd_value_{};
+	const slot_t *ptes_ = nullptr;
+	uint64_t base_ = 0; // first address the remembered table maps
+};
+
 // Tables per level found by walking the tree; the audit compares this with
 // the mm's counters.
 template <class G>
