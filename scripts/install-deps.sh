@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(
 	cmake ninja-build g++ clang libclang-rt-14-dev
 	libgtest-dev libgmock-dev libbenchmark-dev
-	libcli11-dev libfmt-dev nlohmann-json3-dev liburcu-dev
+	libcli11-dev libfmt-dev nlohmann-json3-dev
 	libabsl-dev libtbb-dev libcds-dev libjudy-dev gnuplot-nox
 )
 

@@ -16,9 +16,9 @@
 // one wait per synchronize() would then let the *next* writer skip that
 // reader. Waiting once on each set, as synchronize() does, covers it.
 //
-// NOTE: this is written with C++ atomics rather than liburcu, because
-// ThreadSanitizer, which the test suite runs under, cannot see liburcu's
-// membarrier-based ordering and reports every grace period as a race.
+// NOTE: this is written with C++ atomics rather than liburcu. Debian's
+// liburcu is not built with ThreadSanitizer instrumentation, so the test
+// suite's TSan build would see no ordering through its grace periods.
 
 #include <ptl/sync/sharded_counter.hpp>
 
