@@ -9,9 +9,22 @@
 #include <Judy.h>
 #include <absl/container/flat_hash_map.h>
 #include <absl/synchronization/mutex.h>
+// libcds declares ThreadSanitizer's annotation functions itself when
+// __SANITIZE_THREAD__ is set, with prototypes that conflict with absl's,
+// so a ThreadSanitizer build includes it without them. The peers are not
+// tested under ThreadSanitizer (see tests/CMakeLists.txt).
+#if defined(__SANITIZE_THREAD__)
+#pragma push_macro("__SANITIZE_THREAD__")
+#undef __SANITIZE_THREAD__
 #include <cds/container/feldman_hashmap_hp.h>
 #include <cds/gc/hp.h>
 #include <cds/init.h>
+#pragma pop_macro("__SANITIZE_THREAD__")
+#else
+#include <cds/container/feldman_hashmap_hp.h>
+#include <cds/gc/hp.h>
+#include <cds/init.h>
+#endif
 #include <oneapi/tbb/concurrent_hash_map.h>
 
 #include <fmt/core.h>

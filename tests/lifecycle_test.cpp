@@ -354,8 +354,10 @@ TYPED_TEST(Lifecycle, UnmapRacesFaultsAndLookups)
 		done.store(true);
 	});
 
+	// Every stable page is faulted at least once, however soon the
+	// churner finishes.
 	std::thread faulter([&] {
-		for (uint64_t n = 0; !done.load(); n++) {
+		for (uint64_t n = 0; n < stable_pages || !done.load(); n++) {
 			if (!this->space->handle_mm_fault(stable + (n % stable_pages) * page, access_type::write))
 				errors.fetch_add(1);
 		}

@@ -59,7 +59,11 @@ if(RESULTS GREATER 0)
 				expect_positive("results[${i}].per_second.${op}.${field}" results ${i} per_second ${op} ${field})
 			endforeach()
 		endforeach()
-		expect_positive("results[${i}].bytes_per_page" results ${i} bytes_per_page)
+		# Under AddressSanitizer mallinfo2() does not see the heap, so
+		# the peers' bytes per page read 0 there.
+		if(NOT "$ENV{PTL_PEERS_HEAP_UNMEASURED}" STREQUAL "1")
+			expect_positive("results[${i}].bytes_per_page" results ${i} bytes_per_page)
+		endif()
 		expect_positive("results[${i}].pages" results ${i} pages)
 		expect_positive("results[${i}].threads" results ${i} threads)
 	endforeach()

@@ -119,9 +119,12 @@ fi
 # operations, the bytes per page and the CPU share.
 if run_ok "peers csv" "$ptl" bench peers --layouts dense,scattered --no-kernel "${tiny[@]}" --csv --quiet; then
 	check_output "peers csv header" "^section,layout,structure,threads,pages,metric,median,min,max$" "$out"
-	problems=$(awk -F, -v rows=$((2 * 2 * structures * 7)) '
+	# PTL_PEERS_HEAP_UNMEASURED=1: the heap cannot be measured (under
+	# AddressSanitizer), so bytes per page may read 0.
+	problems=$(awk -F, -v rows=$((2 * 2 * structures * 7)) -v heap_unmeasured="${PTL_PEERS_HEAP_UNMEASURED:-0}" '
 		NR == 1 { columns = NF; next }
 		NF != columns { print "row " NR " has " NF " fields, the header " columns }
+		heap_unmeasured == 1 && $6 == "bytes_per_page" { next }
 		!($7 > 0 && $8 > 0 && $9 > 0) { print "row " NR " has a value that is not above 0: " $0 }
 		END { if (NR - 1 != rows) print NR - 1 " rows, expected " rows }
 	' "$out")
