@@ -238,7 +238,8 @@ result<pfn_t> frame_pool::alloc(alloc_site site)
 
 result<pfn_t> frame_pool::alloc_contig(uint64_t nr, alloc_site site)
 {
-	assert(nr != 0 && (nr & (nr - 1)) == 0);
+	assert(nr != 0);
+	assert((nr & (nr - 1)) == 0 && "nr must be a power of two");
 	if (should_fail(site)) {
 		failed_allocs_.fetch_add(1, std::memory_order_relaxed);
 		return fail(errc::no_memory);

@@ -355,10 +355,10 @@ private:
 
 	static uint64_t page_offset(uint64_t addr) { return addr & (arch::page_size - 1); }
 
-	// Alignment for the area of a contiguous run of frames: the span of
-	// the largest leaf level whose entry the run can fill at least once
-	// and to whose span its first frame is aligned, so that huge leaves
-	// can map it. A page otherwise.
+	// Returns the alignment for the area of a contiguous run of frames, so
+	// that huge leaves can map it. It is the span of the largest leaf level
+	// whose entry the run fills at least once and to whose span its first
+	// frame is aligned, and a page otherwise.
 	static uint64_t huge_align(pfn_t first_pfn, uint64_t nr_pages)
 	{
 		for (level l : {level::pud, level::pmd}) {

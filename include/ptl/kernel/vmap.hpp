@@ -125,7 +125,7 @@ void set_kernel_huge(slot_t<G> *entry, level l, uint64_t addr, uint64_t prot, ma
 {
 	PTL_HOOK(hooks::point::vmap_before_set, arch::level_index(l), addr, nullptr);
 
-	// Release, as for a PTE: a walker that finds the leaf sees the frames.
+	// Release, as for a PTE: a walker that finds the leaf reads the frames' contents.
 	const auto leaf = G::format::make(cursor.pfn_at(addr), prot | arch::prot_huge);
 	entry->store(static_cast<typename G::entry_t>(leaf), std::memory_order_release);
 	cursor.note_mapped(addr, arch::entry_span<G>(l));

@@ -2,8 +2,8 @@
 // Freeing the tables that an unmap leaves empty (Linux's free_pgd_range).
 //
 // After a range's PTEs are cleared, every table below it that now maps
-// nothing can go, at every level, but only where nothing else can be mapped:
-// a table whose span reaches past the unmapped range may still cover a live
+// nothing can go, at every level, but only where nothing else can be mapped.
+// A table whose span reaches past the unmapped range may still cover a live
 // neighbour. The caller gives bounds: floor, the end of the mapping below
 // the range, and ceiling, the start of the mapping above it. A table is
 // freed only when the whole span it covers lies inside [floor, ceiling).

@@ -85,7 +85,7 @@ void pte_offset_map_lock(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pmd, u
 // pte_alloc_map_lock: populates the PTE table if needed (no lock held while
 // allocating, except the legacy walk's), then maps it locked. Returns true
 // with map held, or false with error set and no lock taken. The error is
-// busy when *pmd holds a huge leaf, which a racing fault may have installed
+// busy when *pmd contains a huge leaf, which a racing fault may have installed
 // where this one expected a table: the caller must not index into it.
 template <class G>
 bool pte_alloc_map_lock(mm_struct<G> &mm, typename mm_struct<G>::slot_t *pmd, uint64_t addr, pte_map<G> &map,

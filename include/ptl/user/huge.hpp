@@ -12,7 +12,7 @@
 // the pmd table's own lock in split mode with split pmd locks, or in legacy
 // mode the walk's page_table_lock. So a fault that populates a PTE table
 // and a fault that installs a huge leaf in the same entry race like two
-// populates: one wins, the other sees the winner's entry and retries.
+// populates: one wins, the other finds the winner's entry and retries.
 //
 // A huge leaf is split into a PTE table of the same frames (split_huge_pmd)
 // before anything changes part of it: munmap and mprotect split the leaves
@@ -183,22 +183,37 @@ result<void> split_huge_pmd(mm::mm_struct<G> &mm, typename mm::mm_struct<G>::slo
 
 namespace detail {
 
-// The pmd entry that maps addr, or null when an entry above it is empty
-// (or a huge leaf above the pmd level, which user spaces do not have).
+// The pmd entry that maps addr, or the level of the first empty entry on
+// the way down. A walk over a range skips the span of that empty entry.
 template <class G>
-typename mm::mm_struct<G>::slot_t *pmd_entry(mm::mm_struct<G> &mm, uint64_t addr)
+struct pmd_lookup {
+	typename mm::mm_struct<G>::slot_t *pmd;
+	level empty_level;
+};
+
+// Walks down to the pmd entry without populating anything (pmd_offset after
+// checking each level above). The pmd entry it returns is not empty: a PTE
+// table or a huge leaf.
+template <class G>
+pmd_lookup<G> find_pmd(const mm::mm_struct<G> &mm, uint64_t addr)
 {
+	using format = typename G::format;
 	auto *entry = mm.pgd_offset(addr);
+	level entry_level = level::pgd;
 
 	for (level l : {level::p4d, level::pud, level::pmd}) {
 		if (arch::is_folded<G>(l))
 			continue;
-		const auto e = entry->load(std::memory_order_acquire);
-		if (G::format::none(e) || G::format::huge(e))
-			return nullptr;
+		if (format::none(entry->load(std::memory_order_acquire)))
+			return {nullptr, entry_level};
 		entry = mm::entry_offset(mm, entry, l, addr);
+		entry_level = l;
 	}
-	return entry;
+
+	const auto pmd = entry->load(std::memory_order_acquire);
+	if (format::none(pmd))
+		return {nullptr, level::pmd};
+	return {entry, level::pmd};
 }
 
 } // namespace detail
@@ -214,7 +229,7 @@ result<void> split_huge_pmd_address(mm::mm_struct<G> &mm, uint64_t addr)
 		if ((addr & (huge_pmd_size<G>() - 1)) == 0)
 			return {};
 
-		auto *pmd = detail::pmd_entry(mm, addr);
+		auto *pmd = detail::find_pmd(mm, addr).pmd;
 		if (!pmd)
 			return {};
 		return split_huge_pmd(mm, pmd, addr);

@@ -61,7 +61,7 @@ enum mmap_flags : unsigned {
 	map_pfnmap = 0x40000000,
 	// ptl's own flag. An anonymous private area that maps each aligned
 	// pmd-sized block it wholly contains with one huge pmd leaf, as
-	// madvise(MADV_HUGEPAGE) asks of transparent huge pages. Blocks the
+	// madvise(MADV_HUGEPAGE) requests of transparent huge pages. Blocks the
 	// pool cannot supply contiguously, and the ragged ends, get small
 	// pages.
 	map_huge = 0x20000000,

@@ -25,39 +25,6 @@ struct zap_counts {
 
 namespace detail {
 
-// The pmd entry that maps addr, or the level of the first empty entry on
-// the way down. A zap skips the span of that empty entry.
-template <class G>
-struct pmd_lookup {
-	typename mm::mm_struct<G>::slot_t *pmd;
-	level empty_level;
-};
-
-// Walks down to the pmd entry without populating anything (pmd_offset after
-// checking each level above). The pmd entry it returns is not empty: a PTE
-// table or a huge leaf.
-template <class G>
-pmd_lookup<G> find_pmd(const mm::mm_struct<G> &mm, uint64_t addr)
-{
-	using format = typename G::format;
-	auto *entry = mm.pgd_offset(addr);
-	level entry_level = level::pgd;
-
-	for (level l : {level::p4d, level::pud, level::pmd}) {
-		if (arch::is_folded<G>(l))
-			continue;
-		if (format::none(entry->load(std::memory_order_acquire)))
-			return {nullptr, entry_level};
-		entry = mm::entry_offset(mm, entry, l, addr);
-		entry_level = l;
-	}
-
-	const auto pmd = entry->load(std::memory_order_acquire);
-	if (format::none(pmd))
-		return {nullptr, level::pmd};
-	return {entry, level::pmd};
-}
-
 // Clears the PTEs of [addr, end), which lies inside one PTE table, and
 // collects the frames to free in gather.
 template <class G>
@@ -154,7 +121,7 @@ zap_counts zap_page_range(mm::mm_struct<G> &mm, const vm_area &vma, uint64_t sta
 	}
 
 	// The tables the zap leaves empty are the caller's to free, with
-	// bounds only it knows (see free_pgtables.hpp).
+	// bounds only it has (see free_pgtables.hpp).
 	return counts;
 }
 
